@@ -1,0 +1,187 @@
+package logical
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/pkg/errors"
+)
+
+// ErrChaos is wrapped by every error that WithChaos injects. The loop
+// treats it like any other failure: the failed side is restarted.
+var ErrChaos = errors.New("logical: chaos")
+
+// WithChaos returns d wrapped so that each call of ReadInto, Process,
+// BackfillInto and Acquire, and of the Events and Batch methods handed to
+// Process, fails with an error wrapping ErrChaos with probability prob. It
+// returns d itself when prob <= 0. The result is a Backfiller if d is one,
+// and always a Lessor: when d is no Lessor it hands out a private in-memory
+// lease, and Acquire may also return a *LeaseBusyError that expires almost
+// at once. Use it in tests to prove a dialect converges despite failures.
+func WithChaos(d Dialect, prob float32) Dialect { return WithChaosSeed(d, prob, 0) }
+
+// WithChaosSeed is WithChaos with a seeded fault sequence: a run in which
+// the wrapped calls happen in the same order (one goroutine) fails at the
+// same calls. A zero seed picks a random one.
+func WithChaosSeed(d Dialect, prob float32, seed int64) Dialect {
+	if prob <= 0 || d == nil {
+		return d
+	}
+	if seed == 0 {
+		seed = rand.Int64()
+	}
+	c := &chaos{
+		inner: d,
+		prob:  float64(prob),
+		rng:   rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15)),
+	}
+	if _, ok := d.(Lessor); !ok {
+		c.leases = NewMemoryLeases(time.Minute)
+	}
+	if bf, ok := d.(Backfiller); ok {
+		return &chaosBackfiller{chaos: c, bf: bf}
+	}
+	return c
+}
+
+// chaos is the dialect wrapper.
+type chaos struct {
+	inner  Dialect
+	prob   float64
+	leases *MemoryLeases // when inner is no Lessor
+
+	mu  sync.Mutex
+	rng *rand.Rand
+}
+
+var (
+	_ Dialect    = (*chaos)(nil)
+	_ Lessor     = (*chaos)(nil)
+	_ Backfiller = (*chaosBackfiller)(nil)
+)
+
+// fail returns an ErrChaos error with probability c.prob.
+func (c *chaos) fail(what string) error {
+	c.mu.Lock()
+	hit := c.rng.Float64() < c.prob
+	c.mu.Unlock()
+	if hit {
+		return errors.Wrapf(ErrChaos, "injected into %s", what)
+	}
+	return nil
+}
+
+func (c *chaos) ReadInto(ctx context.Context, ch chan<- Message, state State) error {
+	if err := c.fail("ReadInto"); err != nil {
+		return err
+	}
+	return c.inner.ReadInto(ctx, ch, state)
+}
+
+func (c *chaos) Process(ctx context.Context, ch <-chan Message, events Events) error {
+	if err := c.fail("Process"); err != nil {
+		return err
+	}
+	return c.inner.Process(ctx, ch, &chaosEvents{Events: events, c: c})
+}
+
+func (c *chaos) ZeroStamp() Stamp { return c.inner.ZeroStamp() }
+
+func (c *chaos) Acquire(ctx context.Context) (Lease, error) {
+	if err := c.fail("Acquire"); err != nil {
+		c.mu.Lock()
+		busy := c.rng.IntN(2) == 0
+		c.mu.Unlock()
+		if busy {
+			return nil, &LeaseBusyError{Expiration: time.Now().Add(time.Millisecond)}
+		}
+		return nil, err
+	}
+	if l, ok := c.inner.(Lessor); ok {
+		return l.Acquire(ctx)
+	}
+	return c.leases.Acquire(ctx, "chaos")
+}
+
+// chaosBackfiller adds BackfillInto.
+type chaosBackfiller struct {
+	*chaos
+	bf Backfiller
+}
+
+func (c *chaosBackfiller) BackfillInto(ctx context.Context, ch chan<- Message, state State) error {
+	if err := c.fail("BackfillInto"); err != nil {
+		return err
+	}
+	return c.bf.BackfillInto(ctx, ch, state)
+}
+
+// chaosEvents injects faults into Events.
+type chaosEvents struct {
+	Events
+	c *chaos
+}
+
+func (e *chaosEvents) OnBegin(ctx context.Context) (Batch, error) {
+	if err := e.c.fail("OnBegin"); err != nil {
+		return nil, err
+	}
+	b, err := e.Events.OnBegin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &chaosBatch{Batch: b, c: e.c}, nil
+}
+
+func (e *chaosEvents) SetConsistentPoint(ctx context.Context, cp Stamp) error {
+	if err := e.c.fail("SetConsistentPoint"); err != nil {
+		return err
+	}
+	return e.Events.SetConsistentPoint(ctx, cp)
+}
+
+func (e *chaosEvents) Backfill(ctx context.Context, loopName string, bf Backfiller) error {
+	if err := e.c.fail("Backfill"); err != nil {
+		return err
+	}
+	return e.Events.Backfill(ctx, loopName, bf)
+}
+
+// chaosBatch injects faults into a Batch. A failed OnCommit or OnRollback
+// still rolls the real batch back, so no transaction is left open.
+type chaosBatch struct {
+	Batch
+	c *chaos
+}
+
+func (b *chaosBatch) Flush(ctx context.Context) error {
+	if err := b.c.fail("Flush"); err != nil {
+		return err
+	}
+	return b.Batch.Flush(ctx)
+}
+
+func (b *chaosBatch) OnData(ctx context.Context, source string, target Table, muts []Mutation) error {
+	if err := b.c.fail("OnData"); err != nil {
+		return err
+	}
+	return b.Batch.OnData(ctx, source, target, muts)
+}
+
+func (b *chaosBatch) OnCommit(ctx context.Context) <-chan error {
+	if err := b.c.fail("OnCommit"); err != nil {
+		_ = b.Batch.OnRollback(ctx)
+		return result1(err)
+	}
+	return b.Batch.OnCommit(ctx)
+}
+
+func (b *chaosBatch) OnRollback(ctx context.Context) error {
+	rbErr := b.Batch.OnRollback(ctx)
+	if err := b.c.fail("OnRollback"); err != nil {
+		return err
+	}
+	return rbErr
+}

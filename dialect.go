@@ -1,0 +1,79 @@
+package logical
+
+import "context"
+
+// A Message is whatever a dialect's ReadInto sends to its Process: a decoded
+// WAL record, a row of a changefeed. The loop never looks inside one, with a
+// single exception: the rollback sentinel, see IsRollback.
+type Message any
+
+// rollbackMessage is the type of the sentinel the loop injects into the
+// channel when the source fails. It is unexported so that no dialect can
+// forge one.
+type rollbackMessage struct{}
+
+// rollback is the one sentinel value.
+var rollback Message = rollbackMessage{}
+
+// IsRollback reports whether m is the loop's rollback sentinel. Process
+// receives it after ReadInto failed: the source restarts from the consistent
+// point, so Process must roll back any batch it has open and forget any
+// partial transaction. It is true for nothing else.
+func IsRollback(m Message) bool {
+	_, ok := m.(rollbackMessage)
+	return ok
+}
+
+// A Dialect reads and decodes one kind of source. It is the one thing a
+// product must write; the loop does the rest.
+//
+// The loop calls ReadInto and Process concurrently, each from its own
+// goroutine, and at most one call of each is running for a loop at any
+// time. Both are called again after a failure: a returned error is logged
+// by the loop, which then restarts the failed side (see ReadInto and
+// Process for the details). Both must return promptly once
+// state.Stopping() is closed or ctx is cancelled.
+type Dialect interface {
+	// ReadInto reads the source, starting just after the consistent point
+	// (state.GetConsistentPoint), and sends messages into ch. It owns
+	// nothing after a send.
+	//
+	// It returns nil when the source is exhausted or when state.Stopping()
+	// closes. An error makes the loop put a rollback message into ch, wait
+	// Config.RetryDelay and call ReadInto again; the consistent point is
+	// where the new call must start. ReadInto must not close ch: the loop
+	// does, once the source stops for good, so a Process that ranges over
+	// ch always ends.
+	ReadInto(ctx context.Context, ch chan<- Message, state State) error
+
+	// Process receives what ReadInto sent and turns it into batches of
+	// mutations through events, setting the consistent point (through
+	// events, which is also the State) once the data up to a point is
+	// committed.
+	//
+	// It returns nil after ch is closed or once events.Stopping() is
+	// closed; returning nil at any other time is treated as an error. An
+	// error ends the loop iteration: both sides are stopped, and a new
+	// iteration starts after Config.RetryDelay from the persisted point.
+	Process(ctx context.Context, ch <-chan Message, events Events) error
+
+	// ZeroStamp returns a new stamp that encoding/json can unmarshal the
+	// persisted consistent point into (usually a pointer to a zero value).
+	// It is also the starting point when nothing was persisted and no
+	// LoopConfig.DefaultConsistentPoint is given.
+	ZeroStamp() Stamp
+}
+
+// A Backfiller is a Dialect that can also read its source in a faster,
+// non-transactional way, for example by scanning tables or by reading a
+// changefeed without waiting for resolved timestamps.
+//
+// The loop uses BackfillInto instead of ReadInto when Config.BackfillWindow
+// is set and the consistent point is a TimeStamp older than the window, and
+// for Events.Backfill. Batches are then applied in fan mode, without source
+// transaction boundaries. Without this interface a dialect always streams.
+type Backfiller interface {
+	Dialect
+	// BackfillInto has the same contract as ReadInto.
+	BackfillInto(ctx context.Context, ch chan<- Message, state State) error
+}

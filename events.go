@@ -1,0 +1,97 @@
+package logical
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Events is what Process works with: a Batcher to write mutations, the
+// State of the loop iteration, and nested backfills.
+//
+// Events belongs to one call of Process; it must not be used after Process
+// returned.
+type Events interface {
+	Batcher
+	State
+
+	// Backfill runs a nested loop named loopName synchronously with
+	// backfiller as its source (BackfillInto) and fan events, its own
+	// consistent point persisted under loopName, and the settings of the
+	// enclosing loop. It returns nil once the backfiller returned nil and
+	// every message was processed. Any error, and a stop or cancellation
+	// before the backfill finished, is returned, so an interrupted
+	// backfill is never mistaken for a complete one. It does not retry.
+	Backfill(ctx context.Context, loopName string, backfiller Backfiller) error
+}
+
+// A Batcher opens batches.
+type Batcher interface {
+	// OnBegin opens a batch. In serial mode that begins a target
+	// transaction; in fan mode it is cheap. The caller must end every
+	// batch with OnCommit or OnRollback.
+	OnBegin(ctx context.Context) (Batch, error)
+}
+
+// A Batch collects the mutations of one source transaction (serial mode) or
+// of any number of them (fan mode). A Batch is used by one goroutine at a
+// time.
+type Batch interface {
+	// Flush waits until what was given to OnData so far is applied (fan
+	// mode), returning the first apply error. In serial mode it does
+	// nothing.
+	Flush(ctx context.Context) error
+
+	// OnCommit ends the batch: serial mode commits the transaction, fan
+	// mode waits for the queue to drain. The channel receives exactly one
+	// value, nil or the error, and is then closed. The consistent point
+	// should only move past the batch's data once nil was received.
+	OnCommit(ctx context.Context) <-chan error
+
+	// OnData adds mutations for target, which came from the source table
+	// source (used by Config.Script for routing). The batch owns muts
+	// after the call: the caller must not modify the slice or its
+	// elements. It may block while Config.BytesInFlight bytes are queued
+	// (fan mode). Calling it after OnCommit or OnRollback is an error.
+	OnData(ctx context.Context, source string, target Table, muts []Mutation) error
+
+	// OnRollback abandons the batch: serial mode rolls the transaction
+	// back, fan mode drops what is not yet applied and waits for what is
+	// being applied.
+	OnRollback(ctx context.Context) error
+}
+
+// A Table names a table in the target.
+type Table struct {
+	Schema string
+	Name   string
+}
+
+// String returns "schema.name".
+func (t Table) String() string { return t.Schema + "." + t.Name }
+
+// A Mutation is one row change.
+type Mutation struct {
+	// Before is the prior row image, if the source has it.
+	Before json.RawMessage
+	// Data is the new row as a JSON object; empty or null means the row
+	// identified by Key is deleted.
+	Data json.RawMessage
+	// Key is a JSON array with the primary-key values.
+	Key json.RawMessage
+	// Meta holds dialect-specific values; it is never persisted.
+	Meta map[string]any
+	// Time is when the change took effect at the source.
+	Time time.Time
+}
+
+// IsDelete reports whether m deletes its row: Data is empty or JSON null.
+func (m Mutation) IsDelete() bool {
+	return len(m.Data) == 0 || bytes.Equal(bytes.TrimSpace(m.Data), []byte("null"))
+}
+
+// size is the number of bytes m holds, for Config.BytesInFlight.
+func (m Mutation) size() int {
+	return len(m.Before) + len(m.Data) + len(m.Key) + 64
+}

@@ -1,0 +1,378 @@
+// Package fan applies items to tables concurrently while keeping the order
+// of items that share a table and a key.
+//
+// Items are routed to lanes: one lane per table and key hash (modulo the
+// lane count). A lane is applied by one goroutine at a time, in the order
+// its items arrived, so two items of one key never overtake each other;
+// different lanes go in parallel. Items of a lane are grouped into chunks
+// of up to Chunk items, each applied with one call.
+//
+// A fixed set of worker goroutines applies ready lanes. A goroutine that
+// waits for its batch (Flush, Commit, Rollback, or a full queue) applies
+// ready lanes itself instead of only waiting: with a fast target it does
+// all the work without a hand-off, and workers are only woken when applies
+// are slow enough for parallelism to pay.
+package fan
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/pkg/errors"
+)
+
+// slowApply is the average apply duration above which waiting goroutines
+// wake workers rather than applying everything themselves.
+const slowApply = 20 * time.Microsecond
+
+// Config configures a Queue.
+type Config[T comparable, M any] struct {
+	// Apply writes items to table. It is called concurrently for
+	// different lanes.
+	Apply func(ctx context.Context, table T, items []M) error
+	// Hash returns the key hash of an item.
+	Hash func(M) uint64
+	// Size returns the bytes an item holds.
+	Size func(M) int
+	// Workers is the number of worker goroutines, and the number of lanes
+	// per table.
+	Workers int
+	// Chunk is the most items per Apply call.
+	Chunk int
+	// Limit bounds the queued bytes: Add waits while adding would exceed
+	// it, unless the queue is empty.
+	Limit int64
+}
+
+// Queue is a set of lanes and the workers that apply them.
+type Queue[T comparable, M any] struct {
+	cfg Config[T, M]
+	ctx context.Context
+
+	mu      sync.Mutex
+	work    sync.Cond // signals idle workers
+	tables  map[T][]*lane[T, M]
+	ready   []*lane[T, M] // lanes with queued chunks and no runner
+	bytes   int64         // bytes pending or queued, not yet applied
+	changed chan struct{} // closed when a chunk completes; made lazily
+	idle    int           // workers waiting on work
+	closed  bool
+	avg     time.Duration // moving average of apply durations
+
+	wg sync.WaitGroup
+}
+
+type lane[T comparable, M any] struct {
+	table        T
+	pending      []M // items not yet in a chunk, all of pendingBatch
+	pendingBytes int
+	pendingBatch *Batch[T, M]
+	queue        []chunk[T, M]
+	busy         bool // a goroutine is applying this lane
+	inReady      bool
+}
+
+type chunk[T comparable, M any] struct {
+	batch *Batch[T, M]
+	items []M
+	bytes int
+}
+
+// New starts a Queue whose applies run under ctx. Close it when done.
+func New[T comparable, M any](ctx context.Context, cfg Config[T, M]) *Queue[T, M] {
+	if cfg.Workers < 1 {
+		cfg.Workers = 1
+	}
+	if cfg.Chunk < 1 {
+		cfg.Chunk = 1
+	}
+	q := &Queue[T, M]{cfg: cfg, ctx: ctx, tables: make(map[T][]*lane[T, M])}
+	q.work.L = &q.mu
+	q.wg.Add(cfg.Workers)
+	for range cfg.Workers {
+		go q.worker()
+	}
+	return q
+}
+
+// Close stops the workers and waits for them. Chunks not yet applied are
+// dropped; a batch still waiting applies what is left itself.
+func (q *Queue[T, M]) Close() {
+	q.mu.Lock()
+	q.closed = true
+	q.work.Broadcast()
+	q.mu.Unlock()
+	q.wg.Wait()
+}
+
+// Bytes returns the bytes queued and not yet applied.
+func (q *Queue[T, M]) Bytes() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.bytes
+}
+
+func (q *Queue[T, M]) worker() {
+	defer q.wg.Done()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for !q.closed {
+		if ln := q.popReadyLocked(); ln != nil {
+			q.runLocked(ln)
+			continue
+		}
+		q.idle++
+		q.work.Wait()
+		q.idle--
+	}
+}
+
+// Begin opens a batch.
+func (q *Queue[T, M]) Begin() *Batch[T, M] { return &Batch[T, M]{q: q} }
+
+// Batch is a group of items whose completion is awaited together. A Batch
+// is used by one goroutine at a time.
+type Batch[T comparable, M any] struct {
+	q           *Queue[T, M]
+	outstanding int // chunks queued or being applied
+	lanes       []*lane[T, M]
+	err         error
+	dropped     bool
+	ended       bool
+}
+
+// ErrEnded is returned by Add after Commit or Rollback.
+var ErrEnded = errors.New("batch used after OnCommit or OnRollback")
+
+// Add queues items for table. It waits, applying ready lanes meanwhile,
+// while the queue holds too many bytes. It returns the batch's first apply
+// error, if one happened already.
+func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
+	q := b.q
+	size := 0
+	for i := range items {
+		size += q.cfg.Size(items[i])
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if b.ended {
+		return ErrEnded
+	}
+	for q.bytes > 0 && q.bytes+int64(size) > q.cfg.Limit {
+		if b.err != nil {
+			return b.err
+		}
+		q.handOverAllLocked()
+		if err := q.progressLocked(ctx); err != nil {
+			return err
+		}
+	}
+	if b.err != nil {
+		return b.err
+	}
+	lanes := q.tables[table]
+	if lanes == nil {
+		lanes = make([]*lane[T, M], q.cfg.Workers)
+		for i := range lanes {
+			lanes[i] = &lane[T, M]{table: table}
+		}
+		q.tables[table] = lanes
+	}
+	n := uint64(len(lanes))
+	for i := range items {
+		ln := lanes[q.cfg.Hash(items[i])%n]
+		if len(ln.pending) > 0 && ln.pendingBatch != b {
+			q.handOverLocked(ln)
+		}
+		if len(ln.pending) == 0 {
+			ln.pendingBatch = b
+			b.lanes = append(b.lanes, ln)
+		}
+		ln.pending = append(ln.pending, items[i])
+		ln.pendingBytes += q.cfg.Size(items[i])
+		if len(ln.pending) >= q.cfg.Chunk {
+			q.handOverLocked(ln)
+			q.wakeLocked(1)
+		}
+	}
+	q.bytes += int64(size)
+	return nil
+}
+
+// Flush waits until everything added so far is applied, and returns the
+// batch's first apply error.
+func (b *Batch[T, M]) Flush(ctx context.Context) error {
+	q := b.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if b.ended {
+		return ErrEnded
+	}
+	return b.drainLocked(ctx)
+}
+
+// Commit flushes and ends the batch.
+func (b *Batch[T, M]) Commit(ctx context.Context) error {
+	q := b.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if b.ended {
+		return ErrEnded
+	}
+	err := b.drainLocked(ctx)
+	b.ended = true
+	return err
+}
+
+// Rollback drops what is not yet applied, waits for what is being applied,
+// and ends the batch.
+func (b *Batch[T, M]) Rollback(ctx context.Context) error {
+	q := b.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if b.ended {
+		return nil
+	}
+	b.ended = true
+	b.dropped = true
+	for _, ln := range b.lanes {
+		if ln.pendingBatch == b && len(ln.pending) > 0 {
+			q.bytes -= int64(ln.pendingBytes)
+			ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
+		}
+	}
+	b.lanes = nil
+	for b.outstanding > 0 {
+		if err := q.progressLocked(ctx); err != nil {
+			return err
+		}
+	}
+	q.notifyLocked()
+	return nil
+}
+
+// drainLocked hands the batch's pending items over and waits for all its
+// chunks. The caller holds q.mu.
+func (b *Batch[T, M]) drainLocked(ctx context.Context) error {
+	q := b.q
+	for _, ln := range b.lanes {
+		if ln.pendingBatch == b && len(ln.pending) > 0 {
+			q.handOverLocked(ln)
+		}
+	}
+	b.lanes = b.lanes[:0]
+	for b.outstanding > 0 {
+		if q.avg > slowApply {
+			q.wakeLocked(len(q.ready) - 1)
+		}
+		if err := q.progressLocked(ctx); err != nil {
+			return err
+		}
+	}
+	return b.err
+}
+
+// progressLocked applies one ready lane, or else waits until a chunk
+// completes or ctx ends. The caller holds q.mu.
+func (q *Queue[T, M]) progressLocked(ctx context.Context) error {
+	if ln := q.popReadyLocked(); ln != nil {
+		q.runLocked(ln)
+		return nil
+	}
+	if q.changed == nil {
+		q.changed = make(chan struct{})
+	}
+	changed := q.changed
+	q.mu.Unlock()
+	defer q.mu.Lock()
+	select {
+	case <-changed:
+		return nil
+	case <-ctx.Done():
+		return errors.WithStack(ctx.Err())
+	}
+}
+
+// handOverLocked turns a lane's pending items into a chunk.
+func (q *Queue[T, M]) handOverLocked(ln *lane[T, M]) {
+	b := ln.pendingBatch
+	ln.queue = append(ln.queue, chunk[T, M]{batch: b, items: ln.pending, bytes: ln.pendingBytes})
+	b.outstanding++
+	ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
+	if !ln.busy && !ln.inReady {
+		ln.inReady = true
+		q.ready = append(q.ready, ln)
+	}
+}
+
+// handOverAllLocked hands over the pending items of every lane.
+func (q *Queue[T, M]) handOverAllLocked() {
+	for _, lanes := range q.tables {
+		for _, ln := range lanes {
+			if len(ln.pending) > 0 {
+				q.handOverLocked(ln)
+			}
+		}
+	}
+	q.wakeLocked(len(q.ready))
+}
+
+func (q *Queue[T, M]) popReadyLocked() *lane[T, M] {
+	if len(q.ready) == 0 {
+		return nil
+	}
+	ln := q.ready[0]
+	copy(q.ready, q.ready[1:])
+	q.ready[len(q.ready)-1] = nil
+	q.ready = q.ready[:len(q.ready)-1]
+	ln.inReady = false
+	return ln
+}
+
+// wakeLocked wakes up to n idle workers.
+func (q *Queue[T, M]) wakeLocked(n int) {
+	for i := 0; i < n && i < q.idle; i++ {
+		q.work.Signal()
+	}
+}
+
+func (q *Queue[T, M]) notifyLocked() {
+	if q.changed != nil {
+		close(q.changed)
+		q.changed = nil
+	}
+}
+
+// runLocked applies the chunks of ln in order until its queue is empty. It
+// releases q.mu around each apply. The caller holds q.mu.
+func (q *Queue[T, M]) runLocked(ln *lane[T, M]) {
+	ln.busy = true
+	for len(ln.queue) > 0 {
+		c := ln.queue[0]
+		ln.queue[0] = chunk[T, M]{}
+		ln.queue = ln.queue[1:]
+		b := c.batch
+		switch {
+		case b.dropped || b.err != nil:
+			// skipped: rolled back, or already failed
+		case q.ctx.Err() != nil:
+			b.err = errors.WithStack(q.ctx.Err())
+		default:
+			q.mu.Unlock()
+			start := time.Now()
+			err := q.cfg.Apply(q.ctx, ln.table, c.items)
+			took := time.Since(start)
+			q.mu.Lock()
+			q.avg += (took - q.avg) / 8
+			if err != nil && b.err == nil {
+				b.err = err
+			}
+		}
+		b.outstanding--
+		q.bytes -= int64(c.bytes)
+		q.notifyLocked()
+	}
+	ln.queue = ln.queue[:0]
+	ln.busy = false
+}

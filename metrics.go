@@ -1,0 +1,178 @@
+package logical
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Stats is a snapshot of a loop's metrics.
+type Stats struct {
+	// LoopName is the loop's name.
+	LoopName string
+	// CommitsOK and CommitsFailed count batch commits.
+	CommitsOK, CommitsFailed uint64
+	// Point is the last persisted consistent point, PointTime its time
+	// (for a TimeStamp) and PointOffset its offset (for an OffsetStamp).
+	Point       Stamp
+	PointTime   time.Time
+	PointOffset uint64
+	// Lag is how far PointTime was behind the clock when it was set.
+	Lag time.Duration
+	// Backfilling is true while the loop runs in backfill mode.
+	Backfilling bool
+	// SourceRestarts and ProcessRestarts count failures of either side;
+	// Iterations counts loop iterations started.
+	SourceRestarts, ProcessRestarts, Iterations uint64
+	// LastError is the text of the last error that restarted something,
+	// and LastErrorTime when it happened.
+	LastError     string
+	LastErrorTime time.Time
+}
+
+// An Observer is told about changes of each loop's Stats, for example to
+// export them as metrics. Observe is called synchronously from the loop's
+// goroutines, possibly concurrently for different loops, and must be quick.
+type Observer interface {
+	Observe(stats Stats)
+}
+
+// statsKeeper holds a loop's Stats.
+type statsKeeper struct {
+	mu       sync.Mutex
+	s        Stats
+	observer Observer
+}
+
+func (k *statsKeeper) init(name string, o Observer) {
+	k.s.LoopName = name
+	k.observer = o
+}
+
+// update changes the stats under the lock and tells the observer.
+func (k *statsKeeper) update(fn func(s *Stats)) {
+	k.mu.Lock()
+	fn(&k.s)
+	snap := k.s
+	k.mu.Unlock()
+	if k.observer != nil {
+		k.observer.Observe(snap)
+	}
+}
+
+func (k *statsKeeper) snapshot() Stats {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.s
+}
+
+func (k *statsKeeper) setPoint(cp Stamp, live bool) {
+	k.update(func(s *Stats) {
+		s.Point = cp
+		if ts, ok := cp.(TimeStamp); ok {
+			s.PointTime = ts.AsTime()
+			if live {
+				s.Lag = time.Since(s.PointTime)
+			}
+		}
+		if os, ok := cp.(OffsetStamp); ok {
+			s.PointOffset = os.AsOffset()
+		}
+	})
+}
+
+func (k *statsKeeper) commit(err error) {
+	k.update(func(s *Stats) {
+		if err == nil {
+			s.CommitsOK++
+		} else {
+			s.CommitsFailed++
+		}
+	})
+}
+
+func (k *statsKeeper) iteration(backfilling bool) {
+	k.update(func(s *Stats) {
+		s.Iterations++
+		s.Backfilling = backfilling
+	})
+}
+
+func (k *statsKeeper) sourceRestart(err error) {
+	k.update(func(s *Stats) {
+		s.SourceRestarts++
+		s.LastError, s.LastErrorTime = err.Error(), time.Now()
+	})
+}
+
+func (k *statsKeeper) processRestart(err error) {
+	k.update(func(s *Stats) {
+		s.ProcessRestarts++
+		s.LastError, s.LastErrorTime = err.Error(), time.Now()
+	})
+}
+
+// Stats returns a snapshot of the loop's metrics.
+func (l *Loop) Stats() Stats { return l.stats.snapshot() }
+
+// Diagnostic returns a JSON-friendly description of the loop: its
+// configuration, stats and consistent point, and the dialect's own
+// diagnostic if it implements Diagnoser.
+func (l *Loop) Diagnostic() map[string]any {
+	cfg := l.factory.cfg
+	cp := l.cp.Peek()
+	out := map[string]any{
+		"loopName":        l.name,
+		"targetSchema":    l.cfg.TargetSchema,
+		"consistentPoint": stampString(cp),
+		"initialPoint":    stampString(l.initial),
+		"stats":           l.Stats(),
+		"config": map[string]any{
+			"applyTimeout":   cfg.ApplyTimeout.String(),
+			"backfillWindow": cfg.BackfillWindow.String(),
+			"bytesInFlight":  cfg.BytesInFlight,
+			"chaosProb":      cfg.ChaosProb,
+			"fanShards":      cfg.FanShards,
+			"foreignKeys":    cfg.ForeignKeys,
+			"immediate":      cfg.Immediate,
+			"retryDelay":     cfg.RetryDelay.String(),
+			"maxRetryDelay":  cfg.MaxRetryDelay.String(),
+			"standbyTimeout": cfg.StandbyTimeout.String(),
+		},
+	}
+	if d, ok := l.dialect.(Diagnoser); ok {
+		out["dialect"] = d.Diagnostic()
+	}
+	return out
+}
+
+// A Diagnoser is a Dialect that describes its own state for
+// Loop.Diagnostic. The value should marshal to JSON.
+type Diagnoser interface {
+	Diagnostic() any
+}
+
+// metricsBatcher counts commits.
+type metricsBatcher struct {
+	inner Batcher
+	stats *statsKeeper
+}
+
+func (e *metricsBatcher) OnBegin(ctx context.Context) (Batch, error) {
+	b, err := e.inner.OnBegin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &metricsBatch{Batch: b, stats: e.stats}, nil
+}
+
+type metricsBatch struct {
+	Batch
+	stats *statsKeeper
+}
+
+func (b *metricsBatch) OnCommit(ctx context.Context) <-chan error {
+	err := <-b.Batch.OnCommit(ctx)
+	b.stats.commit(err)
+	return result1(err)
+}

@@ -1,0 +1,65 @@
+package logical
+
+import (
+	"context"
+
+	"github.com/pkg/errors"
+)
+
+// serialEvents opens one target transaction per batch.
+type serialEvents struct {
+	target Target
+}
+
+func (e *serialEvents) OnBegin(ctx context.Context) (Batch, error) {
+	tx, err := e.target.Begin(ctx)
+	if err != nil {
+		return nil, errors.Wrap(err, "logical: beginning a target transaction")
+	}
+	return &serialBatch{tx: tx}, nil
+}
+
+// serialBatch applies through one TargetTx.
+type serialBatch struct {
+	tx    TargetTx
+	ended bool
+}
+
+func (b *serialBatch) Flush(context.Context) error { return nil }
+
+func (b *serialBatch) OnData(ctx context.Context, _ string, target Table, muts []Mutation) error {
+	if b.ended {
+		return errEnded
+	}
+	if len(muts) == 0 {
+		return nil
+	}
+	return errors.Wrapf(b.tx.Apply(ctx, target, muts), "logical: applying to %s", target)
+}
+
+func (b *serialBatch) OnCommit(ctx context.Context) <-chan error {
+	if b.ended {
+		return result1(errEnded)
+	}
+	b.ended = true
+	return result1(errors.Wrap(b.tx.Commit(ctx), "logical: committing the target transaction"))
+}
+
+func (b *serialBatch) OnRollback(ctx context.Context) error {
+	if b.ended {
+		return nil
+	}
+	b.ended = true
+	return errors.Wrap(b.tx.Rollback(ctx), "logical: rolling back the target transaction")
+}
+
+// errEnded is returned by a batch used after OnCommit or OnRollback.
+var errEnded = errors.New("logical: batch used after OnCommit or OnRollback")
+
+// result1 returns a closed channel holding err.
+func result1(err error) <-chan error {
+	ch := make(chan error, 1)
+	ch <- err
+	close(ch)
+	return ch
+}
