@@ -1,0 +1,346 @@
+// Command pgreplicate replicates the tables of a PostgreSQL publication into
+// another PostgreSQL database through a logical replication slot (pgoutput).
+//
+//	pgreplicate --sourceConn postgres://.../src --targetConn postgres://.../dst \
+//	    --publicationName pub --slotName slot --createSlot
+//
+// The target tables must exist with the same names (in --targetSchema) and
+// compatible columns. The consistent point, the target's progress and the
+// optional lease live in --stagingSchema of the target database. SIGINT or
+// SIGTERM stops gracefully; the next start resumes where it stopped.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/examples/pglogical"
+	"github.com/logical-go/logical/examples/pgstore"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+}
+
+// options are the command-line flags.
+type options struct {
+	sourceConn, targetConn      string
+	publication, slot           string
+	createSlot                  bool
+	targetSchema, stagingSchema string
+	loopName                    string
+	immediate, foreignKeys      bool
+	fanShards                   int
+	retryDelay, standbyTimeout  time.Duration
+	applyTimeout, lease         time.Duration
+	metricsAddr, logLevel       string
+}
+
+// usageError is a problem with the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// parse reads the flags.
+func parse(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("pgreplicate", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.sourceConn, "sourceConn", "", "source database URL or key=value string (required)")
+	fs.StringVar(&o.targetConn, "targetConn", "", "target database URL or key=value string (required)")
+	fs.StringVar(&o.publication, "publicationName", "", "publication(s) to replicate, comma-separated (required)")
+	fs.StringVar(&o.slot, "slotName", "", "logical replication slot (required)")
+	fs.BoolVar(&o.createSlot, "createSlot", false, "create the slot if it does not exist")
+	fs.StringVar(&o.targetSchema, "targetSchema", "public", "schema of the target tables")
+	fs.StringVar(&o.stagingSchema, "stagingSchema", pgstore.DefaultStagingSchema, "target schema for the memo, progress and lease tables")
+	fs.StringVar(&o.loopName, "loopName", "", "name of the loop, the key of its consistent point (default: the slot name)")
+	fs.BoolVar(&o.immediate, "immediate", false, "apply without target transactions, in parallel (at-least-once)")
+	fs.BoolVar(&o.foreignKeys, "foreignKeys", false, "apply parents before children using the target's foreign keys")
+	fs.IntVar(&o.fanShards, "fanShards", logical.DefaultFanShards, "parallel appliers in immediate mode")
+	fs.DurationVar(&o.retryDelay, "retryDelay", logical.DefaultRetryDelay, "pause before retrying after an error")
+	fs.DurationVar(&o.standbyTimeout, "standbyTimeout", logical.DefaultStandbyTimeout, "how often to persist the point and acknowledge the source")
+	fs.DurationVar(&o.applyTimeout, "applyTimeout", logical.DefaultApplyTimeout, "grace period for a graceful stop")
+	fs.DurationVar(&o.lease, "lease", 0, "hold a lease of this lifetime so that one process of several replicates (0: no lease)")
+	fs.StringVar(&o.metricsAddr, "metricsAddr", "", "serve Prometheus metrics on this address, e.g. :9090")
+	fs.StringVar(&o.logLevel, "logLevel", "info", "trace, debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "usage: pgreplicate --sourceConn URL --targetConn URL --publicationName NAME --slotName NAME [flags]")
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	case o.sourceConn == "":
+		return nil, usageError{"--sourceConn is required"}
+	case o.targetConn == "":
+		return nil, usageError{"--targetConn is required"}
+	case o.publication == "":
+		return nil, usageError{"--publicationName is required"}
+	case o.slot == "":
+		return nil, usageError{"--slotName is required"}
+	case o.targetSchema == "":
+		return nil, usageError{"--targetSchema must not be empty"}
+	case o.stagingSchema == "":
+		return nil, usageError{"--stagingSchema must not be empty"}
+	case o.immediate && o.foreignKeys:
+		return nil, usageError{"--immediate and --foreignKeys cannot be combined"}
+	case o.fanShards < 1:
+		return nil, usageError{fmt.Sprintf("--fanShards must be at least 1, got %d", o.fanShards)}
+	case o.retryDelay < 0 || o.standbyTimeout < 0 || o.applyTimeout < 0:
+		return nil, usageError{"durations must not be negative"}
+	case o.lease != 0 && o.lease < time.Second:
+		return nil, usageError{fmt.Sprintf("--lease must be 0 or at least 1s, got %s", o.lease)}
+	}
+	if _, err := pgconn.ParseConfig(o.sourceConn); err != nil {
+		return nil, usageError{"--sourceConn cannot be parsed"}
+	}
+	if _, err := pgconn.ParseConfig(o.targetConn); err != nil {
+		return nil, usageError{"--targetConn cannot be parsed"}
+	}
+	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
+		return nil, usageError{fmt.Sprintf("--logLevel: unknown level %q", o.logLevel)}
+	}
+	if o.loopName == "" {
+		o.loopName = o.slot
+	}
+	return o, nil
+}
+
+// run is the command; cancelling ctx stops it gracefully. It returns the
+// exit status.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "pgreplicate: %v\n", err)
+		return 2
+	}
+	log := logrus.New()
+	log.SetOutput(stderr)
+	level, _ := logrus.ParseLevel(o.logLevel)
+	log.SetLevel(level)
+	if err := replicate(ctx, o, log); err != nil {
+		fmt.Fprintf(stderr, "pgreplicate: %s\n", oneLine(err))
+		return 1
+	}
+	return 0
+}
+
+// oneLine renders err on a single line (driver errors may list every
+// address they tried on lines of their own).
+func oneLine(err error) string {
+	lines := strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ; "))
+	return strings.ReplaceAll(strings.Join(lines, " "), ": ;", ";")
+}
+
+// replicate sets everything up, runs the loop until ctx is cancelled and
+// stops it gracefully.
+func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+
+	poolCfg, err := pgxpool.ParseConfig(o.targetConn)
+	if err != nil {
+		return errors.New("--targetConn cannot be parsed")
+	}
+	poolCfg.MaxConns = int32(o.fanShards + 4)
+	pool, err := pgxpool.NewWithConfig(context.Background(), poolCfg)
+	if err != nil {
+		return fmt.Errorf("target database: %w", err)
+	}
+	defer pool.Close()
+	if err := pool.Ping(setupCtx); err != nil {
+		return fmt.Errorf("cannot reach the target database: %w", err)
+	}
+	if err := checkSource(setupCtx, o); err != nil {
+		return err
+	}
+	if o.createSlot {
+		created, err := pglogical.CreateSlot(setupCtx, o.sourceConn, o.slot)
+		if err != nil {
+			return err
+		}
+		if created {
+			log.WithField("slot", o.slot).Info("created replication slot")
+		}
+	}
+
+	memo, err := pgstore.NewMemo(setupCtx, pool, o.stagingSchema)
+	if err != nil {
+		return err
+	}
+	dcfg := pglogical.Config{
+		SourceConn:     o.sourceConn,
+		Slot:           o.slot,
+		Publications:   strings.Split(o.publication, ","),
+		StandbyTimeout: o.standbyTimeout,
+		RejectTruncate: o.foreignKeys,
+	}
+	// The target's own record of progress is only in step with the data
+	// when each source transaction is one target transaction and no
+	// ordering decorator rejects the staging table.
+	if !o.immediate && !o.foreignKeys {
+		if dcfg.Progress, err = pgstore.NewProgress(setupCtx, pool, o.stagingSchema); err != nil {
+			return err
+		}
+	}
+	d, err := pglogical.New(dcfg)
+	if err != nil {
+		return err
+	}
+	var dialect logical.Dialect = d
+	if o.lease > 0 {
+		leases, err := pgstore.NewLeases(setupCtx, pool, o.stagingSchema, o.lease, "")
+		if err != nil {
+			return err
+		}
+		dialect = &leased{Dialect: d, leases: leases, name: "pgreplicate/" + o.loopName}
+	}
+
+	if o.metricsAddr != "" {
+		stopMetrics, err := serveMetrics(o.metricsAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
+
+	factory, err := logical.NewFactory(context.Background(), &logical.Config{
+		ApplyTimeout:   o.applyTimeout,
+		FanShards:      o.fanShards,
+		ForeignKeys:    o.foreignKeys,
+		Immediate:      o.immediate,
+		RetryDelay:     o.retryDelay,
+		StandbyTimeout: o.standbyTimeout,
+		Memo:           memo,
+		Target:         pgstore.NewTarget(pool),
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	loop, err := factory.Start(&logical.LoopConfig{
+		Dialect:      dialect,
+		LoopName:     o.loopName,
+		TargetSchema: o.targetSchema,
+	})
+	if err != nil {
+		factory.Stop(0)
+		_ = factory.Wait()
+		return err
+	}
+	log.WithFields(logrus.Fields{"loop": o.loopName, "slot": o.slot, "point": fmt.Sprint(loop.GetInitialPoint())}).
+		Info("replicating")
+
+	select {
+	case <-ctx.Done():
+		log.WithField("loop", o.loopName).Info("stopping")
+	case <-loop.Stopped():
+	}
+	factory.Stop(o.applyTimeout)
+	return factory.Wait()
+}
+
+// checkSource makes sure the source is reachable, can decode logically and
+// has the publications.
+func checkSource(ctx context.Context, o *options) error {
+	conn, err := pgx.Connect(ctx, o.sourceConn)
+	if err != nil {
+		return fmt.Errorf("cannot reach the source database: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var level string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
+		return fmt.Errorf("source database: %w", err)
+	}
+	if level != "logical" {
+		return fmt.Errorf("source database has wal_level=%s, logical replication needs wal_level=logical", level)
+	}
+	for _, pub := range strings.Split(o.publication, ",") {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_publication WHERE pubname = $1", pub).Scan(&n); err != nil {
+			return fmt.Errorf("source database: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("source database has no publication %q", pub)
+		}
+	}
+	if !o.createSlot {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", o.slot).Scan(&n); err != nil {
+			return fmt.Errorf("source database: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("source database has no replication slot %q (use --createSlot)", o.slot)
+		}
+	}
+	return nil
+}
+
+// leased makes the dialect hold a lease, so that of several processes
+// with the same loop name only one replicates.
+type leased struct {
+	*pglogical.Dialect
+	leases *pgstore.Leases
+	name   string
+}
+
+var (
+	_ logical.Dialect = (*leased)(nil)
+	_ logical.Lessor  = (*leased)(nil)
+)
+
+// Acquire implements logical.Lessor.
+func (l *leased) Acquire(ctx context.Context) (logical.Lease, error) {
+	return l.leases.Acquire(ctx, l.name)
+}
+
+// serveMetrics serves the Prometheus default registry (process and Go
+// runtime metrics for now) at /metrics on addr.
+func serveMetrics(addr string, log logrus.FieldLogger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metricsAddr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.WithError(err).Warn("metrics server failed")
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
+}

@@ -1,0 +1,475 @@
+package pglogical
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/examples/pgstore"
+	"github.com/pkg/errors"
+)
+
+// Process implements logical.Dialect. Each source transaction becomes one
+// batch, opened at its first row change (empty transactions open none) and
+// committed at its Commit message; after the batch committed, the end of
+// the transaction becomes the next consistent point, set at most once per
+// StandbyTimeout and always before Process returns. Transactions that end
+// before the consistent point (or the target's recorded progress) are
+// skipped, as are those seen again after ReadInto restarted. A keepalive
+// that arrives outside a transaction moves the point to the server's WAL
+// position, so an idle or filtered source still lets the slot advance.
+func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
+	p := &processor{d: d, events: events, rels: make(map[uint32]*relation)}
+	cp, _ := events.GetConsistentPoint()
+	p.persisted = stampPos(cp)
+	p.committed = p.persisted
+	if d.cfg.Progress != nil {
+		text, ok, err := d.cfg.Progress.Applied(ctx, d.cfg.Slot)
+		if err != nil {
+			return err
+		}
+		if ok {
+			pos, err := ParseLSN(text)
+			if err != nil {
+				return errors.Wrapf(err, "pglogical: the target's progress for slot %s", d.cfg.Slot)
+			}
+			if pos > p.committed {
+				p.committed = pos
+			}
+		}
+	}
+	defer p.abandon(context.WithoutCancel(ctx))
+
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case msg, ok := <-ch:
+			if !ok {
+				return p.finish(ctx)
+			}
+			if err := p.handle(ctx, msg); err != nil {
+				return err
+			}
+		case <-events.Stopping():
+			return p.finish(ctx)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		}
+		if err := p.maybeSetPoint(ctx, false); err != nil {
+			return err
+		}
+		// Wake up when a throttled point becomes due.
+		if p.committed > p.persisted {
+			due := time.Until(p.lastSet.Add(d.cfg.StandbyTimeout))
+			timer.Reset(max(due, 0))
+		}
+	}
+}
+
+// relation is what a Relation message said about a source table.
+type relation struct {
+	source  string // "schema.name" at the source
+	name    string
+	columns []string
+	key     []int // indexes of the key columns; all columns if none
+}
+
+// processor is the state of one Process call, used by its goroutine only.
+type processor struct {
+	d      *Dialect
+	events logical.Events
+	rels   map[uint32]*relation
+
+	inTx     bool // between Begin and Commit
+	skipping bool // the open transaction was applied already
+	begin    *pglogrepl.BeginMessage
+	batch    logical.Batch // opened at the transaction's first change
+
+	// The mutations gathered for one table, handed over when the table
+	// changes, when they grow too many, and at commit.
+	pending      []logical.Mutation
+	pendingBytes int
+	pendingRel   *relation
+
+	committed     uint64    // end of the last transaction the target has
+	committedTime time.Time // its commit time
+	persisted     uint64    // the point last set (or loaded)
+	lastSet       time.Time
+}
+
+// handle processes one message.
+func (p *processor) handle(ctx context.Context, m logical.Message) error {
+	if logical.IsRollback(m) {
+		return p.rollback(ctx)
+	}
+	switch m := m.(type) {
+	case keepalive:
+		if !p.inTx && m.walEnd > p.committed {
+			p.committed, p.committedTime = m.walEnd, m.at
+		}
+		return nil
+	case unknownMessage:
+		return errors.Errorf("pglogical: unknown pgoutput message type %q", m.typ)
+	case walMessage:
+		return p.handleWAL(ctx, m.msg)
+	default:
+		return errors.Errorf("pglogical: unexpected message %T", m)
+	}
+}
+
+// handleWAL processes one pgoutput message.
+func (p *processor) handleWAL(ctx context.Context, m pglogrepl.Message) error {
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		p.relation(m)
+	case *pglogrepl.BeginMessage:
+		if p.inTx {
+			return errors.New("pglogical: Begin inside a transaction")
+		}
+		p.inTx, p.begin = true, m
+		// A transaction whose commit record starts before the point was
+		// applied already: the point is the end of a commit record.
+		p.skipping = uint64(m.FinalLSN) < p.committed
+	case *pglogrepl.InsertMessage:
+		return p.change(ctx, m.RelationID, 0, nil, m.Tuple)
+	case *pglogrepl.UpdateMessage:
+		return p.change(ctx, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple)
+	case *pglogrepl.DeleteMessage:
+		if m.OldTuple == nil {
+			return errors.New("pglogical: delete without a key")
+		}
+		return p.change(ctx, m.RelationID, m.OldTupleType, m.OldTuple, nil)
+	case *pglogrepl.TruncateMessage:
+		return p.truncate(ctx, m)
+	case *pglogrepl.CommitMessage:
+		return p.commit(ctx, m)
+	case *pglogrepl.OriginMessage, *pglogrepl.TypeMessage, *pglogrepl.LogicalDecodingMessage:
+		// Nothing to apply.
+	default:
+		return errors.Errorf("pglogical: unsupported pgoutput message type %s", m.Type())
+	}
+	return nil
+}
+
+// relation records a table's columns.
+func (p *processor) relation(m *pglogrepl.RelationMessage) {
+	rel := &relation{source: m.Namespace + "." + m.RelationName, name: m.RelationName}
+	for i, c := range m.Columns {
+		rel.columns = append(rel.columns, c.Name)
+		if c.Flags&1 != 0 {
+			rel.key = append(rel.key, i)
+		}
+	}
+	if len(rel.key) == 0 {
+		for i := range rel.columns {
+			rel.key = append(rel.key, i)
+		}
+	}
+	p.rels[m.RelationID] = rel
+}
+
+// target returns the target table of rel.
+func (p *processor) target(rel *relation) logical.Table {
+	schema := p.events.GetTargetDB()
+	if schema == "" {
+		schema, _, _ = strings.Cut(rel.source, ".")
+	}
+	return logical.Table{Schema: schema, Name: rel.name}
+}
+
+// change turns a row change into mutations: new is nil for a delete, old
+// is nil for an insert and for an update that kept the key (with REPLICA
+// IDENTITY DEFAULT). oldType is 'K' (key only) or 'O' (the full old row).
+// An update that changes the key is a delete of the old key and an upsert
+// of the new one.
+func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old, new *pglogrepl.TupleData) error {
+	if !p.inTx {
+		return errors.New("pglogical: row change outside a transaction")
+	}
+	if p.skipping {
+		return nil
+	}
+	rel := p.rels[relID]
+	if rel == nil {
+		return errors.Errorf("pglogical: row change for unknown relation %d", relID)
+	}
+	mut := logical.Mutation{Time: p.begin.CommitTime}
+	var err error
+	if old != nil && oldType == pglogrepl.UpdateMessageTupleTypeOld {
+		if mut.Before, err = rowJSON(rel, old); err != nil {
+			return err
+		}
+	}
+	if new == nil { // delete
+		if mut.Key, err = keyJSON(rel, old); err != nil {
+			return err
+		}
+		return p.add(ctx, rel, mut)
+	}
+	if mut.Data, err = rowJSON(rel, new); err != nil {
+		return err
+	}
+	if mut.Key, err = keyJSON(rel, new); err != nil {
+		return err
+	}
+	if old != nil {
+		oldKey, err := keyJSON(rel, old)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(oldKey, mut.Key) {
+			del := logical.Mutation{Key: oldKey, Before: mut.Before, Time: mut.Time}
+			return p.add(ctx, rel, del, mut)
+		}
+	}
+	return p.add(ctx, rel, mut)
+}
+
+// rowJSON encodes a tuple as a JSON object, leaving out unchanged TOAST
+// values.
+func rowJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
+	if len(t.Columns) != len(rel.columns) {
+		return nil, errors.Errorf("pglogical: %s: row has %d columns, the relation %d", rel.source, len(t.Columns), len(rel.columns))
+	}
+	var buf bytes.Buffer
+	buf.WriteByte('{')
+	first := true
+	for i, c := range t.Columns {
+		if c.DataType == pglogrepl.TupleDataTypeToast {
+			continue
+		}
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
+		name, _ := json.Marshal(rel.columns[i])
+		buf.Write(name)
+		buf.WriteByte(':')
+		if err := valueJSON(&buf, rel, i, c); err != nil {
+			return nil, err
+		}
+	}
+	buf.WriteByte('}')
+	return buf.Bytes(), nil
+}
+
+// keyJSON encodes the key columns of a tuple as a JSON array.
+func keyJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
+	if len(t.Columns) != len(rel.columns) {
+		return nil, errors.Errorf("pglogical: %s: row has %d columns, the relation %d", rel.source, len(t.Columns), len(rel.columns))
+	}
+	var buf bytes.Buffer
+	buf.WriteByte('[')
+	for n, i := range rel.key {
+		if n > 0 {
+			buf.WriteByte(',')
+		}
+		c := t.Columns[i]
+		if c.DataType == pglogrepl.TupleDataTypeToast {
+			return nil, errors.Errorf("pglogical: %s: key column %q was not sent", rel.source, rel.columns[i])
+		}
+		if err := valueJSON(&buf, rel, i, c); err != nil {
+			return nil, err
+		}
+	}
+	buf.WriteByte(']')
+	return buf.Bytes(), nil
+}
+
+// valueJSON writes one column value: a JSON string of its text form, or
+// null.
+func valueJSON(buf *bytes.Buffer, rel *relation, i int, c *pglogrepl.TupleDataColumn) error {
+	switch c.DataType {
+	case pglogrepl.TupleDataTypeNull:
+		buf.WriteString("null")
+	case pglogrepl.TupleDataTypeText:
+		s, err := json.Marshal(string(c.Data))
+		if err != nil {
+			return errors.Wrapf(err, "pglogical: %s: column %q", rel.source, rel.columns[i])
+		}
+		buf.Write(s)
+	default:
+		return errors.Errorf("pglogical: %s: column %q has unsupported format %q", rel.source, rel.columns[i], c.DataType)
+	}
+	return nil
+}
+
+// add queues mutations of rel, handing over what is queued for another
+// table first and flushing when the queue is full.
+func (p *processor) add(ctx context.Context, rel *relation, muts ...logical.Mutation) error {
+	if p.pendingRel != nil && p.pendingRel != rel {
+		if err := p.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if p.batch == nil {
+		b, err := p.events.OnBegin(ctx)
+		if err != nil {
+			return err
+		}
+		p.batch = b
+	}
+	p.pendingRel = rel
+	for _, m := range muts {
+		p.pending = append(p.pending, m)
+		p.pendingBytes += len(m.Data) + len(m.Key) + len(m.Before)
+	}
+	if len(p.pending) >= p.d.cfg.FlushRows || p.pendingBytes >= p.d.cfg.FlushBytes {
+		return p.flush(ctx)
+	}
+	return nil
+}
+
+// flush hands the queued mutations to the batch, which owns them after.
+func (p *processor) flush(ctx context.Context) error {
+	if len(p.pending) == 0 {
+		p.pendingRel = nil
+		return nil
+	}
+	rel, muts := p.pendingRel, p.pending
+	p.pending, p.pendingBytes, p.pendingRel = nil, 0, nil
+	return p.batch.OnData(ctx, rel.source, p.target(rel), muts)
+}
+
+// truncate deletes every row of the truncated tables, in order with the
+// transaction's other changes.
+func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) error {
+	if !p.inTx {
+		return errors.New("pglogical: truncate outside a transaction")
+	}
+	if p.skipping {
+		return nil
+	}
+	var rels []*relation
+	var names []string
+	for _, id := range m.RelationIDs {
+		rel := p.rels[id]
+		if rel == nil {
+			return errors.Errorf("pglogical: truncate of unknown relation %d", id)
+		}
+		rels = append(rels, rel)
+		names = append(names, rel.source)
+	}
+	if p.d.cfg.RejectTruncate {
+		return errors.Errorf("pglogical: cannot apply TRUNCATE of %s", strings.Join(names, ", "))
+	}
+	if err := p.flush(ctx); err != nil {
+		return err
+	}
+	if p.batch == nil {
+		b, err := p.events.OnBegin(ctx)
+		if err != nil {
+			return err
+		}
+		p.batch = b
+	}
+	// In fan mode the delete-all must not overtake or be overtaken by the
+	// rows around it.
+	if err := p.batch.Flush(ctx); err != nil {
+		return err
+	}
+	for _, rel := range rels {
+		mut := logical.Mutation{Meta: map[string]any{pgstore.MetaTruncate: true}, Time: p.begin.CommitTime}
+		if err := p.batch.OnData(ctx, rel.source, p.target(rel), []logical.Mutation{mut}); err != nil {
+			return err
+		}
+	}
+	return p.batch.Flush(ctx)
+}
+
+// commit ends the open transaction: the batch commits, and its end becomes
+// the next consistent point.
+func (p *processor) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
+	if !p.inTx {
+		return errors.New("pglogical: Commit outside a transaction")
+	}
+	end := uint64(m.TransactionEndLSN)
+	if p.batch != nil {
+		if err := p.flush(ctx); err != nil {
+			return err
+		}
+		if prog := p.d.cfg.Progress; prog != nil {
+			key, _ := json.Marshal([]string{p.d.cfg.Slot})
+			data, _ := json.Marshal(map[string]string{"key": p.d.cfg.Slot, "lsn": FormatLSN(end)})
+			if err := p.batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: key, Data: data, Time: m.CommitTime}}); err != nil {
+				return err
+			}
+		}
+		batch := p.batch
+		p.batch = nil
+		var err error
+		select {
+		case err = <-batch.OnCommit(ctx):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err != nil {
+			p.inTx, p.skipping = false, false
+			return err
+		}
+	}
+	p.inTx, p.skipping = false, false
+	if end > p.committed {
+		p.committed, p.committedTime = end, m.CommitTime
+	}
+	return nil
+}
+
+// rollback abandons the open transaction after ReadInto failed; it will be
+// sent again.
+func (p *processor) rollback(ctx context.Context) error {
+	p.inTx, p.skipping = false, false
+	p.pending, p.pendingBytes, p.pendingRel = nil, 0, nil
+	if p.batch == nil {
+		return nil
+	}
+	b := p.batch
+	p.batch = nil
+	return b.OnRollback(ctx)
+}
+
+// abandon rolls back a batch left open when Process returns.
+func (p *processor) abandon(ctx context.Context) {
+	if p.batch != nil {
+		_ = p.rollback(ctx)
+	}
+}
+
+// finish ends Process on a stop: the open transaction is dropped (it will
+// be sent again) and the point moves to the last committed one.
+func (p *processor) finish(ctx context.Context) error {
+	if err := p.rollback(ctx); err != nil {
+		return err
+	}
+	return p.maybeSetPoint(ctx, true)
+}
+
+// maybeSetPoint persists the end of the last committed transaction if it
+// is new and StandbyTimeout passed since the last time (or force is set).
+func (p *processor) maybeSetPoint(ctx context.Context, force bool) error {
+	if p.committed <= p.persisted {
+		return nil
+	}
+	if !force && time.Since(p.lastSet) < p.d.cfg.StandbyTimeout {
+		return nil
+	}
+	if cp, _ := p.events.GetConsistentPoint(); stampPos(cp) >= p.committed {
+		p.persisted = stampPos(cp)
+		return nil
+	}
+	t := p.committedTime
+	if t.IsZero() {
+		t = time.Now()
+	}
+	if err := p.events.SetConsistentPoint(ctx, &LSN{Pos: p.committed, Time: t}); err != nil {
+		return err
+	}
+	p.persisted, p.lastSet = p.committed, time.Now()
+	return nil
+}

@@ -1,0 +1,63 @@
+// Package pgstore keeps the state of a logical loop in PostgreSQL (or
+// CockroachDB, which speaks the same SQL): a Memo for consistent points, a
+// lease table so that only one of several processes replicates, and a
+// Target that writes mutations into real tables.
+//
+// Every type works on a *pgxpool.Pool that the caller owns. The bookkeeping
+// tables live in a staging schema (conventionally "_logical") that is
+// created when missing.
+package pgstore
+
+import (
+	"context"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/logical-go/logical"
+	"github.com/pkg/errors"
+)
+
+// DefaultStagingSchema is the schema that holds the bookkeeping tables
+// when none is given.
+const DefaultStagingSchema = "_logical"
+
+// Ident quotes a PostgreSQL identifier: it is wrapped in double quotes and
+// embedded double quotes are doubled, so any name is safe in SQL text.
+func Ident(name string) string {
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
+
+// TableIdent quotes a schema-qualified table name.
+func TableIdent(t logical.Table) string {
+	if t.Schema == "" {
+		return Ident(t.Name)
+	}
+	return Ident(t.Schema) + "." + Ident(t.Name)
+}
+
+// ensureSchema creates schema and then runs each of ddl (CREATE ... IF NOT
+// EXISTS statements). Two processes racing to create the same object may
+// see a unique violation from the catalog; that is retried once.
+func ensureSchema(ctx context.Context, pool *pgxpool.Pool, schema string, ddl ...string) error {
+	stmts := append([]string{"CREATE SCHEMA IF NOT EXISTS " + Ident(schema)}, ddl...)
+	for _, stmt := range stmts {
+		var err error
+		for attempt := 0; attempt < 3; attempt++ {
+			if _, err = pool.Exec(ctx, stmt); err == nil || !isCatalogRace(err) {
+				break
+			}
+		}
+		if err != nil {
+			return errors.Wrapf(err, "pgstore: creating objects in schema %s", schema)
+		}
+	}
+	return nil
+}
+
+// isCatalogRace reports whether err is the unique violation that
+// concurrent CREATE ... IF NOT EXISTS statements can cause.
+func isCatalogRace(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07" || pgErr.Code == "42P06")
+}
