@@ -418,7 +418,7 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 		if err != nil && !iter.IsStopping() {
 			fail(errors.Wrapf(err, "logical: loop %q: Process", l.name))
 		} else if err != nil {
-			log.WithError(err).Debug("Process returned an error while stopping")
+			log.WithError(err).Debug("Process ended with an error after the iteration was stopped")
 		}
 	}()
 	var watcher sync.WaitGroup
@@ -461,7 +461,7 @@ func (l *Loop) source(
 		err := callFill(fill, iter, ch, state)
 		if iter.IsStopping() || iter.Err() != nil {
 			if err != nil {
-				log.WithError(err).Debug("source returned an error while stopping")
+				log.WithError(err).Debug("source ended with an error after the iteration was stopped or cancelled")
 			}
 			return false, nil
 		}

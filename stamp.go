@@ -8,7 +8,9 @@ import "time"
 // The loop persists the consistent point as the stamp's encoding/json form
 // and reads it back into the value returned by Dialect.ZeroStamp, so a Stamp
 // must survive a JSON round trip. A stamp that also implements
-// encoding.TextUnmarshaler can be given as LoopConfig.DefaultConsistentPoint.
+// encoding.TextUnmarshaler can be given as LoopConfig.DefaultConsistentPoint;
+// note that encoding/json then only accepts a JSON string for it, so such a
+// stamp should implement encoding.TextMarshaler (or json.Marshaler) too.
 type Stamp interface {
 	// Less reports whether the receiver sorts strictly before other. It is
 	// only ever called with stamps of the same dialect.

@@ -1,0 +1,248 @@
+package logicaltest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/logical-go/logical"
+)
+
+// Message is what the generator's source sends: one per sequence number.
+type Message struct {
+	Seq  int
+	Time time.Time
+}
+
+// Generator is a fake dialect: it emits messages 0..N-1, each of which
+// Process applies as one transaction holding one mutation (key [seq]) for
+// each table, and then sets the consistent point to the message. ReadInto
+// waits for a stop once all messages are sent; BackfillInto returns.
+//
+// It counts its calls and remembers which messages Process applied, for
+// assertions. Set the fields before the loop starts.
+type Generator struct {
+	// N is the number of messages.
+	N int
+	// Tables receive one mutation per message; default Tables(schema, 4)
+	// in the loop's target schema.
+	Tables []logical.Table
+	// Base and Step give message i the time Base + i*Step. A zero Base
+	// means the time the message is sent.
+	Base time.Time
+	Step time.Duration
+	// Source names the source table in OnData (default "generator").
+	Source string
+	// PerCommit, if > 1, makes Process put that many messages in one
+	// batch and set the point once per batch (as real dialects do).
+	PerCommit int
+
+	readInto, readIntoExits atomic.Int64
+	process, processExits   atomic.Int64
+	backfill, backfillExits atomic.Int64
+	rollbacks               atomic.Int64
+
+	mu   sync.Mutex
+	seen map[int]int
+}
+
+var _ logical.Backfiller = (*Generator)(nil)
+
+// NewGenerator returns a generator of n messages.
+func NewGenerator(n int) *Generator { return &Generator{N: n} }
+
+// Tables returns n tables named t0..t(n-1) in schema.
+func Tables(schema string, n int) []logical.Table {
+	out := make([]logical.Table, n)
+	for i := range out {
+		out[i] = logical.Table{Schema: schema, Name: "t" + strconv.Itoa(i)}
+	}
+	return out
+}
+
+// ZeroStamp implements logical.Dialect: sequence -1, before message 0.
+func (g *Generator) ZeroStamp() logical.Stamp { return &Stamp{Seq: -1} }
+
+// ReadInto implements logical.Dialect.
+func (g *Generator) ReadInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	g.readInto.Add(1)
+	defer g.readIntoExits.Add(1)
+	if err := g.emit(ctx, ch, state); err != nil || stopping(state) {
+		return err
+	}
+	select {
+	case <-state.Stopping():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// BackfillInto implements logical.Backfiller: the same messages, and it
+// returns once all are sent.
+func (g *Generator) BackfillInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	g.backfill.Add(1)
+	defer g.backfillExits.Add(1)
+	return g.emit(ctx, ch, state)
+}
+
+func stopping(state logical.State) bool {
+	select {
+	case <-state.Stopping():
+		return true
+	default:
+		return false
+	}
+}
+
+// emit sends the messages after the consistent point.
+func (g *Generator) emit(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	cp, _ := state.GetConsistentPoint()
+	for i := cp.(*Stamp).Seq + 1; i < g.N; i++ {
+		t := g.Base.Add(time.Duration(i) * g.Step)
+		if g.Base.IsZero() {
+			t = time.Now()
+		}
+		select {
+		case ch <- Message{Seq: i, Time: t}:
+		case <-state.Stopping():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Process implements logical.Dialect.
+func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
+	g.process.Add(1)
+	defer g.processExits.Add(1)
+	tables := g.Tables
+	if tables == nil {
+		tables = Tables(events.GetTargetDB(), 4)
+	}
+	source := g.Source
+	if source == "" {
+		source = "generator"
+	}
+	per := max(g.PerCommit, 1)
+	var batch logical.Batch
+	var last Message
+	pending := 0
+	fail := func(err error) error {
+		if batch != nil {
+			_ = batch.OnRollback(ctx)
+		}
+		return err
+	}
+	commit := func() error {
+		err := <-batch.OnCommit(ctx)
+		batch = nil
+		if err != nil {
+			return err
+		}
+		if err := events.SetConsistentPoint(ctx, &Stamp{Seq: last.Seq, Time: last.Time}); err != nil {
+			return err
+		}
+		pending = 0
+		return nil
+	}
+	for {
+		var msg logical.Message
+		var ok bool
+		select {
+		case msg, ok = <-ch:
+		case <-events.Stopping():
+			return fail(nil)
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		}
+		if !ok {
+			if batch != nil {
+				return commit()
+			}
+			return nil
+		}
+		if logical.IsRollback(msg) {
+			g.rollbacks.Add(1)
+			if batch != nil {
+				_ = batch.OnRollback(ctx)
+				batch, pending = nil, 0
+			}
+			continue
+		}
+		m := msg.(Message)
+		if batch == nil {
+			var err error
+			if batch, err = events.OnBegin(ctx); err != nil {
+				return err
+			}
+		}
+		for _, t := range tables {
+			mut := logical.Mutation{
+				Key:  json.RawMessage(strconv.Itoa(m.Seq)),
+				Data: json.RawMessage(fmt.Sprintf(`{"k":%d,"table":%q}`, m.Seq, t.Name)),
+				Time: m.Time,
+			}
+			mut.Key = append(append([]byte{'['}, mut.Key...), ']')
+			if err := batch.OnData(ctx, source, t, []logical.Mutation{mut}); err != nil {
+				return fail(err)
+			}
+		}
+		g.markSeen(m.Seq)
+		last = m
+		pending++
+		if pending >= per || m.Seq == g.N-1 {
+			if err := commit(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (g *Generator) markSeen(seq int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.seen == nil {
+		g.seen = make(map[int]int)
+	}
+	g.seen[seq]++
+}
+
+// Seen returns how many distinct messages Process handled.
+func (g *Generator) Seen() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.seen)
+}
+
+// SeenCount returns how often Process handled message seq.
+func (g *Generator) SeenCount(seq int) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.seen[seq]
+}
+
+// Calls returns how often each entry point was called and how often it
+// returned.
+func (g *Generator) Calls() GeneratorCalls {
+	return GeneratorCalls{
+		ReadInto: g.readInto.Load(), ReadIntoExits: g.readIntoExits.Load(),
+		Process: g.process.Load(), ProcessExits: g.processExits.Load(),
+		BackfillInto: g.backfill.Load(), BackfillIntoExits: g.backfillExits.Load(),
+		Rollbacks: g.rollbacks.Load(),
+	}
+}
+
+// GeneratorCalls counts a Generator's calls.
+type GeneratorCalls struct {
+	ReadInto, ReadIntoExits         int64
+	Process, ProcessExits           int64
+	BackfillInto, BackfillIntoExits int64
+	Rollbacks                       int64
+}
