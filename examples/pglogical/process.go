@@ -40,6 +40,7 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 			if pos > p.committed {
 				p.committed = pos
 			}
+			p.recorded = pos
 		}
 	}
 	defer p.abandon(context.WithoutCancel(ctx))
@@ -100,6 +101,7 @@ type processor struct {
 	committed     uint64    // end of the last transaction the target has
 	committedTime time.Time // its commit time
 	persisted     uint64    // the point last set (or loaded)
+	recorded      uint64    // the position last written to Config.Progress
 	lastSet       time.Time
 }
 
@@ -394,22 +396,12 @@ func (p *processor) commit(ctx context.Context, m *pglogrepl.CommitMessage) erro
 		if err := p.flush(ctx); err != nil {
 			return err
 		}
-		if prog := p.d.cfg.Progress; prog != nil {
-			key, _ := json.Marshal([]string{p.d.cfg.Slot})
-			data, _ := json.Marshal(map[string]string{"key": p.d.cfg.Slot, "lsn": FormatLSN(end)})
-			if err := p.batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: key, Data: data, Time: m.CommitTime}}); err != nil {
-				return err
-			}
+		if err := p.record(ctx, p.batch, end, m.CommitTime); err != nil {
+			return err
 		}
 		batch := p.batch
 		p.batch = nil
-		var err error
-		select {
-		case err = <-batch.OnCommit(ctx):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if err != nil {
+		if err := wait(ctx, batch.OnCommit(ctx)); err != nil {
 			p.inTx, p.skipping = false, false
 			return err
 		}
@@ -419,6 +411,32 @@ func (p *processor) commit(ctx context.Context, m *pglogrepl.CommitMessage) erro
 		p.committed, p.committedTime = end, m.CommitTime
 	}
 	return nil
+}
+
+// record adds the row that tells Config.Progress the target has
+// everything up to end to batch.
+func (p *processor) record(ctx context.Context, batch logical.Batch, end uint64, at time.Time) error {
+	prog := p.d.cfg.Progress
+	if prog == nil {
+		return nil
+	}
+	key, _ := json.Marshal([]string{p.d.cfg.Slot})
+	data, _ := json.Marshal(map[string]string{"key": p.d.cfg.Slot, "lsn": FormatLSN(end)})
+	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: key, Data: data, Time: at}}); err != nil {
+		return err
+	}
+	p.recorded = end
+	return nil
+}
+
+// wait receives a batch's commit result.
+func wait(ctx context.Context, result <-chan error) error {
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // rollback abandons the open transaction after ReadInto failed; it will be
@@ -466,6 +484,27 @@ func (p *processor) maybeSetPoint(ctx context.Context, force bool) error {
 	t := p.committedTime
 	if t.IsZero() {
 		t = time.Now()
+	}
+	// A point reached without data (a keepalive, a skipped transaction)
+	// is recorded in the target too, in a batch of its own, so that the
+	// persisted point is never ahead of what the target says it has.
+	// While a source transaction is open that waits for its commit,
+	// which records its own end.
+	if p.d.cfg.Progress != nil && p.recorded < p.committed {
+		if p.batch != nil {
+			return nil
+		}
+		b, err := p.events.OnBegin(ctx)
+		if err != nil {
+			return err
+		}
+		if err := p.record(ctx, b, p.committed, t); err != nil {
+			_ = b.OnRollback(ctx)
+			return err
+		}
+		if err := wait(ctx, b.OnCommit(ctx)); err != nil {
+			return err
+		}
 	}
 	if err := p.events.SetConsistentPoint(ctx, &LSN{Pos: p.committed, Time: t}); err != nil {
 		return err
