@@ -52,8 +52,9 @@ type chaos struct {
 	prob   float64
 	leases *MemoryLeases // when inner is no Lessor
 
-	mu  sync.Mutex
-	rng *rand.Rand
+	mu     sync.Mutex
+	rng    *rand.Rand
+	faults map[string]uint64 // injected faults by method; guarded by mu
 }
 
 var (
@@ -62,15 +63,48 @@ var (
 	_ Backfiller = (*chaosBackfiller)(nil)
 )
 
-// fail returns an ErrChaos error with probability c.prob.
+// fail returns an ErrChaos error with probability c.prob, and counts it
+// under what.
 func (c *chaos) fail(what string) error {
 	c.mu.Lock()
 	hit := c.rng.Float64() < c.prob
+	if hit {
+		if c.faults == nil {
+			c.faults = make(map[string]uint64)
+		}
+		c.faults[what]++
+	}
 	c.mu.Unlock()
 	if hit {
 		return errors.Wrapf(ErrChaos, "injected into %s", what)
 	}
 	return nil
+}
+
+// ChaosFaults reports how many faults d, a dialect returned by WithChaos or
+// WithChaosSeed, has injected so far, by the method that failed:
+// "ReadInto", "BackfillInto", "Process", "Acquire" (an error),
+// "AcquireBusy" (a *LeaseBusyError), "OnBegin", "SetConsistentPoint",
+// "Backfill", "Flush", "OnData", "OnCommit", "OnRollback". ok is false when
+// d is no chaos wrapper. It is safe to call while d is in use; tests use it
+// to check that restarts are explained by injected faults.
+func ChaosFaults(d Dialect) (faults map[string]uint64, ok bool) {
+	var c *chaos
+	switch w := d.(type) {
+	case *chaos:
+		c = w
+	case *chaosBackfiller:
+		c = w.chaos
+	default:
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	faults = make(map[string]uint64, len(c.faults))
+	for k, v := range c.faults {
+		faults[k] = v
+	}
+	return faults, true
 }
 
 func (c *chaos) ReadInto(ctx context.Context, ch chan<- Message, state State) error {
@@ -93,6 +127,10 @@ func (c *chaos) Acquire(ctx context.Context) (Lease, error) {
 	if err := c.fail("Acquire"); err != nil {
 		c.mu.Lock()
 		busy := c.rng.IntN(2) == 0
+		if busy {
+			c.faults["Acquire"]--
+			c.faults["AcquireBusy"]++
+		}
 		c.mu.Unlock()
 		if busy {
 			return nil, &LeaseBusyError{Expiration: time.Now().Add(time.Millisecond)}
