@@ -26,10 +26,18 @@ import (
 // wake workers rather than applying everything themselves.
 const slowApply = 20 * time.Microsecond
 
+// sampleEvery is how often the duration of a fast apply is measured; slow
+// applies (average above slowApply) are always measured. Reading the clock
+// twice per apply costs more than a no-op apply itself.
+const sampleEvery = 8
+
+// maxFree bounds the emptied chunk slices kept for reuse, per worker.
+const maxFree = 4
+
 // Config configures a Queue.
 type Config[T comparable, M any] struct {
 	// Apply writes items to table. It is called concurrently for
-	// different lanes.
+	// different lanes. The queue reuses items once Apply returned.
 	Apply func(ctx context.Context, table T, items []M) error
 	// Hash returns the key hash of an item.
 	Hash func(M) uint64
@@ -59,13 +67,15 @@ type Queue[T comparable, M any] struct {
 	idle    int           // workers waiting on work
 	closed  bool
 	avg     time.Duration // moving average of apply durations
+	applies uint64        // Apply calls so far, to sample their duration
+	free    [][]M         // emptied chunk slices, for reuse
 
 	wg sync.WaitGroup
 }
 
 type lane[T comparable, M any] struct {
 	table        T
-	pending      []M // items not yet in a chunk, all of pendingBatch
+	pending      []M // items not yet in a chunk, all of pendingBatch; nil when empty
 	pendingBytes int
 	pendingBatch *Batch[T, M]
 	queue        []chunk[T, M]
@@ -119,7 +129,7 @@ func (q *Queue[T, M]) worker() {
 	defer q.mu.Unlock()
 	for !q.closed {
 		if ln := q.popReadyLocked(); ln != nil {
-			q.runLocked(ln)
+			q.runLocked(q.ctx, ln)
 			continue
 		}
 		q.idle++
@@ -129,14 +139,19 @@ func (q *Queue[T, M]) worker() {
 }
 
 // Begin opens a batch.
-func (q *Queue[T, M]) Begin() *Batch[T, M] { return &Batch[T, M]{q: q} }
+func (q *Queue[T, M]) Begin() *Batch[T, M] {
+	b := &Batch[T, M]{q: q}
+	b.lanes = b.lanesBuf[:0]
+	return b
+}
 
 // Batch is a group of items whose completion is awaited together. A Batch
 // is used by one goroutine at a time.
 type Batch[T comparable, M any] struct {
 	q           *Queue[T, M]
 	outstanding int // chunks queued or being applied
-	lanes       []*lane[T, M]
+	lanes       []*lane[T, M] // lanes that held pending items of the batch
+	lanesBuf    [8]*lane[T, M]
 	err         error
 	dropped     bool
 	ended       bool
@@ -185,7 +200,8 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 		if len(ln.pending) > 0 && ln.pendingBatch != b {
 			q.handOverLocked(ln)
 		}
-		if len(ln.pending) == 0 {
+		if ln.pending == nil {
+			ln.pending = q.getSliceLocked()
 			ln.pendingBatch = b
 			b.lanes = append(b.lanes, ln)
 		}
@@ -239,6 +255,7 @@ func (b *Batch[T, M]) Rollback(ctx context.Context) error {
 	for _, ln := range b.lanes {
 		if ln.pendingBatch == b && len(ln.pending) > 0 {
 			q.bytes -= int64(ln.pendingBytes)
+			q.putSliceLocked(ln.pending)
 			ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
 		}
 	}
@@ -277,8 +294,17 @@ func (b *Batch[T, M]) drainLocked(ctx context.Context) error {
 // completes or ctx ends. The caller holds q.mu.
 func (q *Queue[T, M]) progressLocked(ctx context.Context) error {
 	if ln := q.popReadyLocked(); ln != nil {
-		q.runLocked(ln)
-		return nil
+		// The helper applies under the queue's context and its own, so
+		// that a caller whose context ends is not stuck in an apply.
+		applyCtx := q.ctx
+		if ctx != q.ctx && ctx.Done() != nil {
+			var cancel context.CancelFunc
+			applyCtx, cancel = context.WithCancel(q.ctx)
+			stop := context.AfterFunc(ctx, cancel)
+			defer func() { stop(); cancel() }()
+		}
+		q.runLocked(applyCtx, ln)
+		return ctx.Err()
 	}
 	if q.changed == nil {
 		q.changed = make(chan struct{})
@@ -318,6 +344,28 @@ func (q *Queue[T, M]) handOverAllLocked() {
 	q.wakeLocked(len(q.ready))
 }
 
+// getSliceLocked returns an empty slice for a lane's pending items,
+// reusing one whose chunk was applied if there is one.
+func (q *Queue[T, M]) getSliceLocked() []M {
+	if n := len(q.free); n > 0 {
+		s := q.free[n-1]
+		q.free[n-1] = nil
+		q.free = q.free[:n-1]
+		return s
+	}
+	return make([]M, 0, min(q.cfg.Chunk, 4))
+}
+
+// putSliceLocked keeps s, whose items are no longer needed, for reuse.
+// It clears the items so that what they reference can be collected.
+func (q *Queue[T, M]) putSliceLocked(s []M) {
+	if cap(s) == 0 || len(q.free) >= maxFree*q.cfg.Workers {
+		return
+	}
+	clear(s)
+	q.free = append(q.free, s[:0])
+}
+
 func (q *Queue[T, M]) popReadyLocked() *lane[T, M] {
 	if len(q.ready) == 0 {
 		return nil
@@ -344,9 +392,9 @@ func (q *Queue[T, M]) notifyLocked() {
 	}
 }
 
-// runLocked applies the chunks of ln in order until its queue is empty. It
-// releases q.mu around each apply. The caller holds q.mu.
-func (q *Queue[T, M]) runLocked(ln *lane[T, M]) {
+// runLocked applies the chunks of ln in order until its queue is empty,
+// under ctx. It releases q.mu around each apply. The caller holds q.mu.
+func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	ln.busy = true
 	for len(ln.queue) > 0 {
 		c := ln.queue[0]
@@ -356,21 +404,32 @@ func (q *Queue[T, M]) runLocked(ln *lane[T, M]) {
 		switch {
 		case b.dropped || b.err != nil:
 			// skipped: rolled back, or already failed
-		case q.ctx.Err() != nil:
-			b.err = errors.WithStack(q.ctx.Err())
+		case ctx.Err() != nil:
+			b.err = errors.WithStack(ctx.Err())
 		default:
+			q.applies++
+			timed := q.avg > slowApply || q.applies%sampleEvery == 0
 			q.mu.Unlock()
-			start := time.Now()
-			err := q.cfg.Apply(q.ctx, ln.table, c.items)
-			took := time.Since(start)
+			var start time.Time
+			if timed {
+				start = time.Now()
+			}
+			err := q.cfg.Apply(ctx, ln.table, c.items)
+			var took time.Duration
+			if timed {
+				took = time.Since(start)
+			}
 			q.mu.Lock()
-			q.avg += (took - q.avg) / 8
+			if timed {
+				q.avg += (took - q.avg) / 8
+			}
 			if err != nil && b.err == nil {
 				b.err = err
 			}
 		}
 		b.outstanding--
 		q.bytes -= int64(c.bytes)
+		q.putSliceLocked(c.items)
 		q.notifyLocked()
 	}
 	ln.queue = ln.queue[:0]
