@@ -1,0 +1,101 @@
+// Package logical runs logical-replication pipelines. A product supplies a
+// Dialect, which knows how to read and decode one kind of source; the
+// package supplies the rest: a supervised loop around the dialect, a
+// persisted consistent point to resume from, batching into a Target,
+// leases, backfill, foreign-key ordering, and graceful shutdown.
+//
+// # What you supply
+//
+// A Dialect has three methods. ReadInto reads the source from the
+// consistent point and sends messages (any values) into a channel. Process
+// receives them and turns them into batches of mutations through Events:
+// OnBegin opens a Batch, OnData adds mutations for a table, OnCommit ends
+// it, and SetConsistentPoint records that everything up to a Stamp is
+// safely in the target. ZeroStamp returns the stamp type to decode the
+// persisted point into.
+//
+// A Stamp is any ordered position in the source (an LSN, a GTID set, a
+// timestamp) that round-trips through encoding/json. A TimeStamp also knows
+// its time, which enables backfill and lag metrics; an OffsetStamp has a
+// numeric offset.
+//
+// Besides the dialect, a Config names the Target (where mutations land;
+// MemoryTarget is one for tests) and the Memo (where consistent points are
+// kept; MemoryMemo and the crash-safe FileMemo are provided).
+//
+// # Lifecycle
+//
+// NewFactory validates a Config; Factory.Start validates a LoopConfig,
+// loads the loop's consistent point (Loop.GetInitialPoint) and starts the
+// loop in the background. Start does both for a single loop.
+//
+// Each iteration of a loop acquires the lease (if the dialect is a Lessor),
+// loads the consistent point, chooses a strategy, and runs ReadInto and
+// Process in two goroutines around a small channel. When both have
+// returned, the iteration ends, and a new one starts after
+// Config.RetryDelay, until the loop is stopped.
+//
+// # The consistent point
+//
+// State.SetConsistentPoint persists a point first and publishes it second:
+// GetConsistentPoint, and the channel it returns, change only after the
+// Memo stored the point. Anything that observes the point, for example a
+// dialect acknowledging its source so it can discard old log, therefore
+// never sees a point that a crash would lose. Points must strictly
+// increase. After a restart the loop resumes from the persisted point, so
+// mutations after it may be applied again: targets must be idempotent
+// (upserts and deletes by key), and the guarantee is at-least-once.
+//
+// # Failures and rollback
+//
+// When ReadInto returns an error, the loop puts a rollback message into the
+// channel (see IsRollback), waits, and calls ReadInto again from the
+// consistent point. Process sees the rollback message, drops whatever batch
+// it has open, and carries on; it must skip messages at or before the
+// consistent point, which the restarted source may send again. When Process
+// returns an error, the whole iteration is stopped and restarted. Panics in
+// either are recovered and treated as errors. Repeated failures back off
+// exponentially from Config.RetryDelay up to Config.MaxRetryDelay.
+//
+// # Serial and fan batches
+//
+// In serial mode (the default) each Batch is one target transaction, so
+// source transactions are preserved exactly. In fan mode (Config.Immediate,
+// and backfill) mutations are applied by Config.FanShards concurrent
+// Target.Apply calls without transactions, in chunks; mutations of one
+// table and key are always applied in the order given, and
+// Config.BytesInFlight bounds the memory queued per loop.
+//
+// # Backfill and streaming
+//
+// A dialect that is also a Backfiller can read its source faster without
+// transactional consistency. With Config.BackfillWindow set, an iteration
+// whose consistent point is a TimeStamp older than the window backfills
+// (BackfillInto, fan batches); once the point is within the window the loop
+// switches back to streaming (ReadInto), and it switches to backfill again
+// if it falls behind. Events.Backfill runs a nested, synchronous backfill
+// with its own consistent point, for example for a newly added table.
+//
+// # Leases
+//
+// A dialect that is a Lessor must hold a lease before it runs, so that
+// of several processes only one replicates. A LeaseBusyError makes the loop
+// wait until the lease expires; losing the lease (its Context is cancelled)
+// cancels the iteration, and the loop tries to acquire it again.
+// MemoryLeases is an in-process implementation.
+//
+// # Shutdown
+//
+// Loop.Stop and Factory.Stop start a graceful stop: State.Stopping closes,
+// and dialects should return promptly. After the grace period the
+// contexts passed to the dialect are cancelled. Loop.Stopped closes and
+// Factory.Wait returns once every goroutine of the loop has exited.
+// Cancelling the Factory's context is a hard stop.
+//
+// # Testing a dialect
+//
+// Package logicaltest has a generator dialect, a recording Target that can
+// enforce foreign keys, and a conformance check for your own dialect.
+// WithChaos wraps a dialect so that its calls fail at random; a correct
+// dialect still converges to the exact target state.
+package logical
