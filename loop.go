@@ -296,7 +296,10 @@ func (l *Loop) runOnce(first bool) result {
 	}
 	iter := l.stop.Child(leaseCtx)
 	defer iter.Release()
-	if !first {
+	// The point loaded by Start is stale once a lease was waited for:
+	// another holder may have moved it meanwhile, and resuming from the
+	// old one would replay and persist a point behind the stored one.
+	if !first || leaseCtx != nil {
 		cp, err := l.loadPoint(iter)
 		if err != nil {
 			return result{err: err}
@@ -439,7 +442,10 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 	}
 
 	res := result{err: firstErr, switched: switched.Load(), completed: completed}
-	if res.switched && m == modeBackfill && l.cfg.WaitAfterBackfill != nil {
+	// The backfill has caught up when the watcher switched, and also when
+	// the backfiller finished before the watcher saw a young point.
+	caughtUp := res.switched || res.err == nil && res.completed && l.chooseMode() != modeBackfill
+	if m == modeBackfill && caughtUp && l.cfg.WaitAfterBackfill != nil {
 		log.Debug("backfill caught up; waiting for WaitAfterBackfill")
 		select {
 		case <-l.cfg.WaitAfterBackfill:
