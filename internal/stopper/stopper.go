@@ -32,12 +32,20 @@ func New(parent context.Context) *Context {
 // Child returns a Context that stops when c stops (with what remains of c's
 // grace period) and is cancelled when c is cancelled or when also is done.
 // The child must be Released when it is no longer used.
+//
+// With also set, the child derives from also, so that also's cancellation
+// (a lost lease) has cancelled the child by the time it returns: no work
+// under the child can start after that. c's cancellation reaches the child
+// through context.AfterFunc, a moment later.
 func (c *Context) Child(also context.Context) *Context {
-	child := New(c.Context)
-	child.parent = c
-	if also != nil {
-		child.unhook = context.AfterFunc(also, child.cancel)
+	var child *Context
+	if also == nil {
+		child = New(c.Context)
+	} else {
+		child = New(also)
+		child.unhook = context.AfterFunc(c.Context, child.cancel)
 	}
+	child.parent = c
 	c.mu.Lock()
 	if c.children == nil {
 		c.children = make(map[*Context]struct{})
