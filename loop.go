@@ -584,6 +584,9 @@ func stampString(s Stamp) string {
 	if str, ok := s.(fmt.Stringer); ok {
 		return str.String()
 	}
+	if buf, err := json.Marshal(s); err == nil {
+		return string(buf) // every stamp has a JSON form; a pointer's address says nothing
+	}
 	return fmt.Sprintf("%+v", s)
 }
 
