@@ -1,0 +1,805 @@
+package logicaltest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/logical-go/logical"
+	"github.com/sirupsen/logrus"
+)
+
+// TB is the part of testing.TB that Conformance uses. *testing.T
+// implements it; a test of a conformance check can implement it too. As
+// with testing, Fatalf must end the calling goroutine (runtime.Goexit).
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// DefaultConformanceTimeout is Conformance.Timeout when it is zero.
+const DefaultConformanceTimeout = 30 * time.Second
+
+// Conformance checks that a Dialect keeps the contract the loop relies on.
+// A dialect author points it at a constructor of their dialect:
+//
+//	func TestConformance(t *testing.T) {
+//		logicaltest.Conformance{
+//			NewDialect: func(t logicaltest.TB) logical.Dialect { return mydialect.New(...) },
+//		}.Run(t)
+//	}
+//
+// The checks drive the dialect directly, with a fake State and Events that
+// record every batch and apply committed ones to a logical.MemoryTarget
+// (one transaction per batch); no loop is involved, so a failure points at
+// the dialect. They verify that:
+//   - ReadInto returns promptly once State.Stopping() closes, even while
+//     nobody reads its channel, and once its context is cancelled;
+//   - Process returns promptly once Events.Stopping() closes (with nil) and
+//     once its context is cancelled;
+//   - Process returns nil once its channel is closed, having committed
+//     batches and set the consistent point after them, in increasing order;
+//   - ReadInto resumes strictly after the consistent point it is given: a
+//     run from a point in the middle produces the same committed data, point
+//     by point, as the uninterrupted run, and nothing from before it;
+//   - Process survives a rollback message (logical.IsRollback) in the middle
+//     of the stream: it rolls back the batch it has open, never commits it,
+//     and the data committed after the restart is again that of the
+//     uninterrupted run.
+//
+// What the dialect must offer:
+//   - ReadInto, started from the dialect's ZeroStamp, sends at least
+//     Messages messages without Process running, and these hold at least
+//     two complete transactions (two consistent points);
+//   - reading from the same point yields the same data again (as a log
+//     does), so that runs can be compared by table, key and kind of each
+//     mutation;
+//   - Process does not need Events.Backfill (the fake returns an error);
+//   - Process handles messages it is given whatever its Events' point is
+//     (the resume check processes the messages read from a point with the
+//     fake starting at the zero stamp, so that a Process which skips what
+//     is already committed cannot hide a ReadInto that replays it).
+//
+// Every failure says which contract was broken.
+type Conformance struct {
+	// NewDialect returns a fresh dialect over the same source. It is
+	// called once per check, from the check's goroutine; use t.Cleanup to
+	// release what it opens. Required.
+	NewDialect func(t TB) logical.Dialect
+	// Messages is how many messages each check reads from the source.
+	// Default 20.
+	Messages int
+	// Schema is what State.GetTargetDB returns. Default "conformance".
+	Schema string
+	// Timeout bounds every wait: how long "promptly" may be, and how long
+	// reading or processing Messages messages may take. Default
+	// DefaultConformanceTimeout.
+	Timeout time.Duration
+	// Check, if set, is called with the target after the uninterrupted
+	// run of Messages messages, to check the rows the dialect wrote.
+	Check func(t TB, target *logical.MemoryTarget)
+}
+
+// RunDialect runs the Conformance checks with the defaults against the
+// dialects newDialect returns.
+func RunDialect(t TB, newDialect func(t TB) logical.Dialect) {
+	t.Helper()
+	Conformance{NewDialect: newDialect}.Run(t)
+}
+
+// conformanceCheck is one named check.
+type conformanceCheck struct {
+	name string
+	run  func(c *Conformance, t TB)
+}
+
+var conformanceChecks = []conformanceCheck{
+	{"ReadInto returns once Stopping closes", (*Conformance).readIntoStops},
+	{"ReadInto returns once ctx is cancelled", (*Conformance).readIntoCancels},
+	{"Process returns once Stopping closes", (*Conformance).processStops},
+	{"Process returns once ctx is cancelled", (*Conformance).processCancels},
+	{"Process returns nil once the channel is closed", (*Conformance).processDrains},
+	{"ReadInto resumes after the consistent point", (*Conformance).resumes},
+	{"Process rolls back on a rollback message", (*Conformance).rollsBack},
+}
+
+// Run runs every check. With a *testing.T each check is a subtest;
+// otherwise each runs in its own goroutine, one after the other, so that a
+// Fatalf in one does not skip the others.
+func (c Conformance) Run(t TB) {
+	t.Helper()
+	if c.NewDialect == nil {
+		t.Fatalf("logicaltest: Conformance.NewDialect is required")
+		return
+	}
+	if c.Messages < 0 || c.Timeout < 0 {
+		t.Fatalf("logicaltest: Conformance.Messages and Conformance.Timeout must not be negative, got %d and %v", c.Messages, c.Timeout)
+		return
+	}
+	if c.Messages == 0 {
+		c.Messages = 20
+	}
+	if c.Schema == "" {
+		c.Schema = "conformance"
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultConformanceTimeout
+	}
+	for _, chk := range conformanceChecks {
+		if tt, ok := t.(*testing.T); ok {
+			tt.Run(chk.name, func(t *testing.T) { chk.run(&c, t) })
+			continue
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			chk.run(&c, t)
+		}()
+		<-done
+	}
+}
+
+// state is the fake State and Events: it enforces increasing points like
+// the loop, and records batches and the data committed before each point.
+type state struct {
+	schema   string
+	target   *logical.MemoryTarget
+	stopping chan struct{}
+	stopOnce sync.Once
+
+	mu       sync.Mutex
+	clock    int64 // orders events
+	cp       logical.Stamp
+	changed  chan struct{}
+	pending  []string // committed mutations not yet followed by a point
+	segments []segment
+	rejected []logical.Stamp // points refused as not after the current one
+	batches  []*fakeBatch
+}
+
+// segment is the data committed before a consistent point.
+type segment struct {
+	point logical.Stamp
+	key   string // the point's JSON
+	muts  []string
+}
+
+var _ logical.Events = (*state)(nil)
+
+func newState(schema string, from logical.Stamp) *state {
+	return &state{
+		schema:   schema,
+		target:   logical.NewMemoryTarget(),
+		stopping: make(chan struct{}),
+		cp:       from,
+		changed:  make(chan struct{}),
+	}
+}
+
+func (s *state) stop() { s.stopOnce.Do(func() { close(s.stopping) }) }
+
+func (s *state) tickLocked() int64 { s.clock++; return s.clock }
+
+func (s *state) now() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tickLocked()
+}
+
+func (s *state) GetConsistentPoint() (logical.Stamp, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cp, s.changed
+}
+
+func (s *state) GetTargetDB() string { return s.schema }
+
+func (s *state) Stopping() <-chan struct{} { return s.stopping }
+
+func (s *state) SetConsistentPoint(_ context.Context, cp logical.Stamp) error {
+	if cp == nil {
+		return fmt.Errorf("logicaltest: SetConsistentPoint with a nil stamp")
+	}
+	key, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("logicaltest: the stamp %T cannot be encoded as JSON: %v", cp, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tickLocked()
+	if logical.Compare(s.cp, cp) >= 0 {
+		s.rejected = append(s.rejected, cp)
+		return fmt.Errorf("logicaltest: consistent point not after the current one: %s -> %s", show(s.cp), show(cp))
+	}
+	s.segments = append(s.segments, segment{point: cp, key: string(key), muts: s.pending})
+	s.pending = nil
+	s.cp = cp
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return nil
+}
+
+func (s *state) Backfill(context.Context, string, logical.Backfiller) error {
+	return fmt.Errorf("logicaltest: Conformance does not support Events.Backfill")
+}
+
+func (s *state) OnBegin(ctx context.Context) (logical.Batch, error) {
+	tx, err := s.target.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := &fakeBatch{s: s, tx: tx, begun: s.tickLocked()}
+	s.batches = append(s.batches, b)
+	return b, nil
+}
+
+// snapshot returns copies of what was recorded.
+func (s *state) snapshot() (segments []segment, rejected []logical.Stamp, batches []fakeBatch) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.batches {
+		batches = append(batches, fakeBatch{begun: b.begun, ended: b.ended, committed: b.committed, rolledBack: b.rolledBack, rows: b.rows})
+	}
+	return append([]segment(nil), s.segments...), append([]logical.Stamp(nil), s.rejected...), batches
+}
+
+// fakeBatch applies through a MemoryTarget transaction and records what
+// happened to it.
+type fakeBatch struct {
+	s  *state
+	tx logical.TargetTx
+
+	// guarded by s.mu
+	begun, ended          int64
+	committed, rolledBack bool
+	rows                  []string
+}
+
+func (b *fakeBatch) Flush(context.Context) error { return nil }
+
+func (b *fakeBatch) OnData(ctx context.Context, _ string, table logical.Table, muts []logical.Mutation) error {
+	b.s.mu.Lock()
+	ended := b.ended != 0
+	b.s.mu.Unlock()
+	if ended {
+		return fmt.Errorf("logicaltest: OnData after OnCommit or OnRollback")
+	}
+	if err := b.tx.Apply(ctx, table, muts); err != nil {
+		return err
+	}
+	b.s.mu.Lock()
+	defer b.s.mu.Unlock()
+	for _, m := range muts {
+		kind := "upsert"
+		if m.IsDelete() {
+			kind = "delete"
+		}
+		b.rows = append(b.rows, fmt.Sprintf("%s %s %s", kind, table, compact(m.Key)))
+	}
+	return nil
+}
+
+func (b *fakeBatch) OnCommit(ctx context.Context) <-chan error {
+	ch := make(chan error, 1)
+	defer close(ch)
+	b.s.mu.Lock()
+	ended := b.ended != 0
+	b.s.mu.Unlock()
+	if ended {
+		ch <- fmt.Errorf("logicaltest: OnCommit after OnCommit or OnRollback")
+		return ch
+	}
+	err := b.tx.Commit(ctx)
+	b.s.mu.Lock()
+	b.ended = b.s.tickLocked()
+	if err == nil {
+		b.committed = true
+		b.s.pending = append(b.s.pending, b.rows...)
+	}
+	b.s.mu.Unlock()
+	ch <- err
+	return ch
+}
+
+func (b *fakeBatch) OnRollback(ctx context.Context) error {
+	b.s.mu.Lock()
+	if b.ended != 0 {
+		b.s.mu.Unlock()
+		return nil
+	}
+	b.ended = b.s.tickLocked()
+	b.rolledBack = true
+	b.s.mu.Unlock()
+	return b.tx.Rollback(ctx)
+}
+
+func show(s logical.Stamp) string {
+	if s == nil {
+		return "<nil>"
+	}
+	if str, ok := s.(fmt.Stringer); ok {
+		return str.String()
+	}
+	if buf, err := json.Marshal(s); err == nil {
+		return string(buf)
+	}
+	return fmt.Sprintf("%+v", s)
+}
+
+// read runs ReadInto from point from until it sent n messages, then stops
+// it through State.Stopping and waits for it to return.
+func (c *Conformance) read(d logical.Dialect, from logical.Stamp, n int) ([]logical.Message, error) {
+	st := newState(c.Schema, from)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan logical.Message)
+	done := make(chan error, 1)
+	go func() { done <- d.ReadInto(ctx, ch, st) }()
+	timer := time.NewTimer(c.Timeout)
+	defer timer.Stop()
+	var msgs []logical.Message
+	for len(msgs) < n {
+		select {
+		case m := <-ch:
+			msgs = append(msgs, m)
+		case err := <-done:
+			return msgs, fmt.Errorf("ReadInto from %s returned (%v) after only %d of the %d messages Conformance.Messages asks for; the source must hold at least that many", show(from), err, len(msgs), n)
+		case <-timer.C:
+			cancel()
+			return msgs, fmt.Errorf("ReadInto from %s sent only %d of the %d messages Conformance.Messages asks for within %v", show(from), len(msgs), n, c.Timeout)
+		}
+	}
+	st.stop()
+	select {
+	case <-done:
+		return msgs, nil
+	case <-timer.C:
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(c.Timeout):
+		}
+		return msgs, notStopped{c.Timeout}
+	}
+}
+
+// notStopped is read's error when ReadInto ignored State.Stopping; the
+// messages it sent are still usable.
+type notStopped struct{ timeout time.Duration }
+
+func (e notStopped) Error() string {
+	return fmt.Sprintf("ReadInto did not return within %v after State.Stopping() closed (contract: ReadInto returns promptly once state.Stopping() is closed, also while blocked sending)", e.timeout)
+}
+
+// mustRead is read for the checks that need messages: a ReadInto that
+// ignores Stopping is reported by its own check, so here it only logs.
+func (c *Conformance) mustRead(t TB, d logical.Dialect, from logical.Stamp, n int) []logical.Message {
+	t.Helper()
+	msgs, err := c.read(d, from, n)
+	var ns notStopped
+	switch {
+	case errors.As(err, &ns):
+		t.Logf("%v; carrying on with the messages it sent", err)
+	case err != nil:
+		t.Fatalf("contract broken: %v", err)
+	}
+	return msgs
+}
+
+// processRun is the outcome of one Process run.
+type processRun struct {
+	state     *state
+	err       error
+	delivered int64 // the clock when the rollback was received; 0 if none
+	feedErr   error // from reading the messages after the rollback
+}
+
+// process runs Process over msgs, starting from point from, and closes the
+// channel after them. If rollbackAt >= 0, the rollback message is sent
+// before msgs[rollbackAt], and the messages after it are what ReadInto
+// sends from the point at that moment (as the loop does after a source
+// failure), instead of msgs[rollbackAt:].
+func (c *Conformance) process(d logical.Dialect, from logical.Stamp, msgs []logical.Message, rollbackAt int) (*processRun, error) {
+	var sentinel logical.Message
+	if rollbackAt >= 0 {
+		var err error
+		if sentinel, err = rollbackSentinel(); err != nil {
+			return nil, err
+		}
+	}
+	st := newState(c.Schema, from)
+	run := &processRun{state: st}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan logical.Message)
+	done := make(chan error, 1)
+	go func() { done <- d.Process(ctx, ch, st) }()
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		send := func(m logical.Message) bool {
+			select {
+			case ch <- m:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for i := 0; i < len(msgs); i++ {
+			if i == rollbackAt {
+				if !send(sentinel) {
+					return
+				}
+				run.delivered = st.now()
+				cp, _ := st.GetConsistentPoint()
+				more, err := c.read(d, cp, len(msgs))
+				var ns notStopped
+				if err != nil && !errors.As(err, &ns) {
+					run.feedErr = err
+					return
+				}
+				for _, m := range more {
+					if !send(m) {
+						return
+					}
+				}
+				break
+			}
+			if !send(msgs[i]) {
+				return
+			}
+		}
+		close(ch)
+	}()
+	timer := time.NewTimer(c.Timeout)
+	defer timer.Stop()
+	select {
+	case run.err = <-done:
+		cancel()
+		<-fed
+		return run, nil
+	case <-timer.C:
+		cancel()
+		<-fed
+		select {
+		case <-done:
+		case <-time.After(c.Timeout):
+		}
+		return run, fmt.Errorf("Process did not return within %v of being handed %d messages and a closed channel (contract: Process returns nil after its channel is closed)", c.Timeout, len(msgs))
+	}
+}
+
+// dialect returns a new dialect, failing the check if there is none.
+func (c *Conformance) dialect(t TB) logical.Dialect {
+	t.Helper()
+	d := c.NewDialect(t)
+	if d == nil {
+		t.Fatalf("logicaltest: Conformance.NewDialect returned nil")
+	}
+	if d.ZeroStamp() == nil {
+		t.Fatalf("contract broken: ZeroStamp returned nil")
+	}
+	return d
+}
+
+// clean reads c.Messages messages from the zero stamp and processes them.
+func (c *Conformance) clean(t TB, d logical.Dialect) ([]logical.Message, *processRun) {
+	t.Helper()
+	msgs := c.mustRead(t, d, d.ZeroStamp(), c.Messages)
+	run, err := c.process(d, d.ZeroStamp(), msgs, -1)
+	if err != nil {
+		t.Fatalf("contract broken: %v", err)
+	}
+	if run.err != nil {
+		t.Fatalf("contract broken: Process returned %v for %d messages and a closed channel, want nil", run.err, len(msgs))
+	}
+	return msgs, run
+}
+
+func (c *Conformance) readIntoStops(t TB) {
+	d := c.dialect(t)
+	if _, err := c.read(d, d.ZeroStamp(), 1); err != nil {
+		t.Errorf("contract broken: %v", err)
+	}
+}
+
+func (c *Conformance) readIntoCancels(t TB) {
+	d := c.dialect(t)
+	st := newState(c.Schema, d.ZeroStamp())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan logical.Message)
+	done := make(chan error, 1)
+	go func() { done <- d.ReadInto(ctx, ch, st) }()
+	timer := time.NewTimer(c.Timeout)
+	defer timer.Stop()
+	select {
+	case <-ch:
+	case err := <-done:
+		t.Fatalf("contract broken: ReadInto returned (%v) before sending a message or being stopped", err)
+	case <-timer.C:
+		t.Fatalf("ReadInto sent no message within %v", c.Timeout)
+	}
+	cancel() // State.Stopping stays open, and nobody reads ch
+	select {
+	case <-done:
+	case <-timer.C:
+		t.Errorf("contract broken: ReadInto did not return within %v after its context was cancelled (contract: ReadInto returns promptly once ctx is cancelled, also while blocked sending)", c.Timeout)
+	}
+}
+
+// processUntil starts Process over a channel that stays open, sends it the
+// first message, calls stop and reports Process's result.
+func (c *Conformance) processUntil(t TB, stop func(st *state, cancel context.CancelFunc)) (error, bool) {
+	t.Helper()
+	d := c.dialect(t)
+	msgs := c.mustRead(t, d, d.ZeroStamp(), 1)
+	st := newState(c.Schema, d.ZeroStamp())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan logical.Message, 1)
+	ch <- msgs[0]
+	done := make(chan error, 1)
+	go func() { done <- d.Process(ctx, ch, st) }()
+	stop(st, cancel)
+	timer := time.NewTimer(c.Timeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err, true
+	case <-timer.C:
+		cancel()
+		return nil, false
+	}
+}
+
+func (c *Conformance) processStops(t TB) {
+	err, ok := c.processUntil(t, func(st *state, _ context.CancelFunc) { st.stop() })
+	switch {
+	case !ok:
+		t.Errorf("contract broken: Process did not return within %v after Events.Stopping() closed (contract: Process returns promptly once events.Stopping() is closed, while its channel stays open)", c.Timeout)
+	case err != nil:
+		t.Errorf("contract broken: Process returned %v after Events.Stopping() closed, want nil", err)
+	}
+}
+
+func (c *Conformance) processCancels(t TB) {
+	_, ok := c.processUntil(t, func(_ *state, cancel context.CancelFunc) { cancel() })
+	if !ok {
+		t.Errorf("contract broken: Process did not return within %v after its context was cancelled (contract: Process returns promptly once ctx is cancelled, while its channel stays open)", c.Timeout)
+	}
+}
+
+func (c *Conformance) processDrains(t TB) {
+	d := c.dialect(t)
+	msgs, run := c.clean(t, d)
+	segments, rejected, batches := run.state.snapshot()
+	if len(rejected) > 0 {
+		t.Errorf("contract broken: Process set consistent points that were not after the current one: %s", showAll(rejected))
+	}
+	committed := 0
+	for _, b := range batches {
+		if b.committed {
+			committed++
+		}
+		if b.ended == 0 {
+			t.Errorf("contract broken: Process returned with a batch neither committed nor rolled back (every batch ends with OnCommit or OnRollback)")
+		}
+	}
+	if committed == 0 {
+		t.Errorf("Process committed no batch for %d messages; Conformance.Messages must cover at least two transactions", len(msgs))
+	}
+	if len(segments) < 2 {
+		t.Errorf("Process set %d consistent points for %d messages; want at least two (set the point after each committed transaction, and make Conformance.Messages large enough)", len(segments), len(msgs))
+	}
+	if c.Check != nil {
+		c.Check(t, run.state.target)
+	}
+}
+
+func (c *Conformance) resumes(t TB) {
+	d := c.dialect(t)
+	_, clean := c.clean(t, d)
+	want, _, _ := clean.state.snapshot()
+	if len(want) < 2 {
+		t.Fatalf("Process set %d consistent points for %d messages; the resume check needs at least two", len(want), c.Messages)
+	}
+	mid := want[(len(want)-1)/2]
+	d2 := c.dialect(t)
+	msgs := c.mustRead(t, d2, mid.point, c.Messages)
+	// Process starts from the zero stamp here, so that it cannot hide
+	// replayed messages by skipping what is at or before its point.
+	run, err := c.process(d2, d2.ZeroStamp(), msgs, -1)
+	if err != nil {
+		t.Fatalf("contract broken: %v", err)
+	}
+	if run.err != nil {
+		t.Fatalf("contract broken: Process returned %v for the messages ReadInto sent from %s, want nil", run.err, show(mid.point))
+	}
+	got, _, _ := run.state.snapshot()
+	if len(got) == 0 {
+		t.Fatalf("Process set no consistent point for the %d messages ReadInto sent from %s", len(msgs), show(mid.point))
+	}
+	if logical.Compare(got[0].point, mid.point) <= 0 {
+		t.Fatalf("contract broken: ReadInto did not resume after the consistent point it was given: started from %s, its messages led to the point %s, which is not after it (ReadInto must start strictly after state.GetConsistentPoint(), not from the beginning)",
+			show(mid.point), show(got[0].point))
+	}
+	compareSegments(t, "resuming from "+show(mid.point), want, got, mid.point)
+}
+
+func (c *Conformance) rollsBack(t TB) {
+	d := c.dialect(t)
+	msgs, clean := c.clean(t, d)
+	want, _, _ := clean.state.snapshot()
+	sawOpen := false
+	for at := 1; at < len(msgs) && at <= 10 && !sawOpen; at++ {
+		d := c.dialect(t)
+		run, err := c.process(d, d.ZeroStamp(), msgs, at)
+		if err != nil {
+			t.Fatalf("contract broken: with a rollback message before message %d: %v", at, err)
+		}
+		if run.feedErr != nil {
+			t.Fatalf("contract broken: after the rollback: %v", run.feedErr)
+		}
+		if run.err != nil {
+			t.Fatalf("contract broken: Process returned %v with a rollback message before message %d; a rollback must not break it", run.err, at)
+		}
+		got, rejected, batches := run.state.snapshot()
+		if len(rejected) > 0 {
+			t.Fatalf("contract broken: after a rollback message before message %d, Process set the point %s, which is not after the current one", at, show(rejected[0]))
+		}
+		for _, b := range batches {
+			if b.begun > run.delivered || b.ended != 0 && b.ended < run.delivered {
+				continue
+			}
+			sawOpen = true
+			if b.committed {
+				t.Fatalf("contract broken: the batch open when the rollback message arrived (before message %d) was committed; Process must roll it back", at)
+			}
+			if !b.rolledBack {
+				t.Errorf("contract broken: the batch open when the rollback message arrived (before message %d) was never rolled back", at)
+			}
+		}
+		compareSegments(t, fmt.Sprintf("a rollback before message %d", at), want, got, nil)
+	}
+	if !sawOpen {
+		t.Logf("no batch was open when a rollback message arrived (the dialect commits each message before reading the next), so only recovery was checked")
+	}
+}
+
+// compareSegments checks that got, the data committed per point of a run
+// starting after from, matches want, that of the uninterrupted run.
+func compareSegments(t TB, what string, want, got []segment, from logical.Stamp) {
+	t.Helper()
+	last := want[len(want)-1].point
+	var expect []segment
+	for _, s := range want {
+		if from == nil || logical.Compare(from, s.point) < 0 {
+			expect = append(expect, s)
+		}
+	}
+	var actual []segment
+	for _, s := range got {
+		if logical.Compare(s.point, last) <= 0 {
+			actual = append(actual, s)
+		}
+	}
+	if len(actual) == 0 {
+		t.Errorf("contract broken: after %s, Process set no consistent point up to %s", what, show(last))
+		return
+	}
+	n := min(len(expect), len(actual))
+	for i := 0; i < n; i++ {
+		e, a := expect[i], actual[i]
+		if logical.Compare(e.point, a.point) != 0 {
+			t.Errorf("contract broken: after %s, consistent point #%d is %s, want %s as in the uninterrupted run", what, i+1, show(a.point), show(e.point))
+			return
+		}
+		if strings.Join(e.muts, "\n") != strings.Join(a.muts, "\n") {
+			t.Errorf("contract broken: after %s, the data committed before point %s differs from the uninterrupted run:\n got: %v\nwant: %v", what, show(a.point), a.muts, e.muts)
+			return
+		}
+	}
+	if len(actual) < len(expect) && logical.Compare(got[len(got)-1].point, last) >= 0 {
+		t.Errorf("contract broken: after %s, points are missing: got %d up to %s, want %d", what, len(actual), show(last), len(expect))
+	}
+}
+
+func showAll(stamps []logical.Stamp) string {
+	parts := make([]string, len(stamps))
+	for i, s := range stamps {
+		parts[i] = show(s)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// The rollback message is unexported in package logical; the checks obtain
+// the real one from a tiny loop whose source fails once.
+var (
+	rollbackOnce sync.Once
+	rollbackMsg  logical.Message
+	rollbackErr  error
+)
+
+func rollbackSentinel() (logical.Message, error) {
+	rollbackOnce.Do(func() {
+		d := &failOnce{found: make(chan logical.Message, 1)}
+		logger := logrus.New()
+		logger.SetOutput(io.Discard)
+		l, err := logical.Start(context.Background(),
+			&logical.Config{Target: logical.NewMemoryTarget(), RetryDelay: time.Millisecond, Logger: logger},
+			&logical.LoopConfig{Dialect: d, LoopName: "logicaltest-rollback"})
+		if err != nil {
+			rollbackErr = fmt.Errorf("logicaltest: obtaining the rollback message: %v", err)
+			return
+		}
+		defer func() {
+			l.Stop(0)
+			<-l.Stopped()
+		}()
+		select {
+		case rollbackMsg = <-d.found:
+		case <-time.After(DefaultConformanceTimeout):
+			rollbackErr = fmt.Errorf("logicaltest: obtaining the rollback message: the loop delivered none")
+		}
+	})
+	return rollbackMsg, rollbackErr
+}
+
+// failOnce fails its first ReadInto and hands the rollback message that
+// follows to found.
+type failOnce struct {
+	calls int
+	mu    sync.Mutex
+	found chan logical.Message
+}
+
+func (d *failOnce) ZeroStamp() logical.Stamp { return &Stamp{Seq: -1} }
+
+func (d *failOnce) ReadInto(ctx context.Context, _ chan<- logical.Message, state logical.State) error {
+	d.mu.Lock()
+	d.calls++
+	first := d.calls == 1
+	d.mu.Unlock()
+	if first {
+		return fmt.Errorf("logicaltest: failing once to obtain the rollback message")
+	}
+	select {
+	case <-state.Stopping():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *failOnce) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			if logical.IsRollback(m) {
+				select {
+				case d.found <- m:
+				default:
+				}
+			}
+		case <-events.Stopping():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
