@@ -5,6 +5,7 @@ import (
 	"encoding"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -99,6 +100,9 @@ func newLoop(f *Factory, cfg LoopConfig, stop *stopper.Context) *Loop {
 // prepare checks what can only be checked against the dialect and the
 // target, and loads the initial point.
 func (l *Loop) prepare(ctx context.Context) error {
+	if err := l.checkZeroStamp(); err != nil {
+		return err
+	}
 	if def := l.cfg.DefaultConsistentPoint; def != "" {
 		if _, err := l.parseDefault(); err != nil {
 			return err
@@ -123,6 +127,21 @@ func (l *Loop) prepare(ctx context.Context) error {
 	l.initial = cp
 	l.cp.Set(cp)
 	l.stats.setPoint(cp, false)
+	return nil
+}
+
+// checkZeroStamp makes sure the persisted point can be read back: json
+// can only unmarshal into a non-nil pointer. Without this check a loop
+// would start, persist points, and fail at its next iteration.
+func (l *Loop) checkZeroStamp() error {
+	zero := l.dialect.ZeroStamp()
+	if zero == nil {
+		return errors.Errorf("logical: loop %q: Dialect.ZeroStamp returned nil", l.name)
+	}
+	if v := reflect.ValueOf(zero); v.Kind() != reflect.Pointer || v.IsNil() {
+		return errors.Errorf("logical: loop %q: Dialect.ZeroStamp returned %T, which the persisted consistent point cannot be unmarshalled into; return a non-nil pointer",
+			l.name, zero)
+	}
 	return nil
 }
 
