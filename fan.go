@@ -21,7 +21,10 @@ func newFanEvents(ctx context.Context, cfg *Config, _ *Loop) *fanEvents {
 	target := cfg.Target
 	return &fanEvents{q: fan.New(ctx, fan.Config[Table, Mutation]{
 		Apply: func(ctx context.Context, table Table, muts []Mutation) error {
-			return errors.Wrapf(target.Apply(ctx, table, muts), "logical: applying to %s", table)
+			if err := target.Apply(ctx, table, muts); err != nil {
+				return errors.Wrapf(err, "logical: applying to %s", table)
+			}
+			return nil
 		},
 		Hash:    keyHash,
 		Size:    Mutation.size,

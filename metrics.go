@@ -53,11 +53,13 @@ func (k *statsKeeper) init(name string, o Observer) {
 func (k *statsKeeper) update(fn func(s *Stats)) {
 	k.mu.Lock()
 	fn(&k.s)
+	if k.observer == nil {
+		k.mu.Unlock()
+		return
+	}
 	snap := k.s
 	k.mu.Unlock()
-	if k.observer != nil {
-		k.observer.Observe(snap)
-	}
+	k.observer.Observe(snap)
 }
 
 func (k *statsKeeper) snapshot() Stats {

@@ -34,7 +34,11 @@ func (b *serialBatch) OnData(ctx context.Context, _ string, target Table, muts [
 	if len(muts) == 0 {
 		return nil
 	}
-	return errors.Wrapf(b.tx.Apply(ctx, target, muts), "logical: applying to %s", target)
+	if err := b.tx.Apply(ctx, target, muts); err != nil {
+		// Wrapf only on failure: its arguments would be boxed on every call.
+		return errors.Wrapf(err, "logical: applying to %s", target)
+	}
+	return nil
 }
 
 func (b *serialBatch) OnCommit(ctx context.Context) <-chan error {

@@ -1,0 +1,175 @@
+// Command ratio reads the output of one or more `go test -bench` runs of
+// the logical benchmarks (bench_test.go) on stdin and prints the ratios of
+// the loop to its baselines, as medians over the runs.
+//
+// The n-th result of a benchmark belongs to run n, so per-run ratios pair
+// results measured close together in time.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// result is one benchmark line: its metrics by unit.
+type result map[string]float64
+
+// results holds every run of every benchmark, by name without the
+// -GOMAXPROCS suffix.
+type results map[string][]result
+
+var procSuffix = regexp.MustCompile(`-\d+$`)
+
+// parse reads benchmark lines such as
+// "BenchmarkLoop/mode=serial/every=1-2  20000  9773 ns/op  102327 msgs/s  1603 B/op  52 allocs/op".
+func parse(r io.Reader) (results, error) {
+	out := results{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		if _, err := strconv.Atoi(f[1]); err != nil {
+			continue
+		}
+		name := procSuffix.ReplaceAllString(strings.TrimPrefix(f[0], "Benchmark"), "")
+		res := result{}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("ratio: %q: bad value %q", f[0], f[i])
+			}
+			res[f[i+1]] = v
+		}
+		out[name] = append(out[name], res)
+	}
+	return out, sc.Err()
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// metric returns the values of unit over the runs of name.
+func (rs results) metric(name, unit string) []float64 {
+	var v []float64
+	for _, r := range rs[name] {
+		if x, ok := r[unit]; ok {
+			v = append(v, x)
+		}
+	}
+	return v
+}
+
+// comparison is one row of the table.
+type comparison struct {
+	what     string
+	loop     string // benchmark name
+	base     string // benchmark name
+	unit     string
+	goal     string
+	original string
+}
+
+var comparisons = []comparison{
+	{"serial, point every message", "Loop/mode=serial/every=1", "Baseline/every=1", "msgs/s", ">= 0.60", "0.34-0.38"},
+	{"serial, point every 100", "Loop/mode=serial/every=100", "Baseline/every=100", "msgs/s", ">= 0.85", "0.44-0.46"},
+	{"immediate, point every message", "Loop/mode=immediate/every=1", "Baseline/every=1", "msgs/s", ">= 0.40", "0.045"},
+	{"immediate, point every 100", "Loop/mode=immediate/every=100", "Baseline/every=100", "msgs/s", "", ""},
+	{"fan, 1ms target vs ideal parallel", "FanSlow/loop", "FanSlow/ideal", "msgs/s", ">= 0.90", "0.50"},
+	{"FileMemo.Put vs MemoryMemo.Put", "MemoPut/memo=file", "MemoPut/memo=memory", "puts/s", "", ""},
+}
+
+func fmtRate(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1fk", v/1e3)
+	default:
+		return fmt.Sprintf("%.1f", v)
+	}
+}
+
+func main() {
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: go test -bench ... | ratio")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	rs, err := parse(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if len(rs) == 0 {
+		fmt.Fprintln(os.Stderr, "ratio: no benchmark results on stdin")
+		os.Exit(1)
+	}
+	w := os.Stdout
+	fmt.Fprintf(w, "| %-34s | %10s | %10s | %-6s | %-20s | %-7s | %-9s | %-13s |\n",
+		"case", "loop", "baseline", "ratio", "per run", "goal", "original", "allocs/msg")
+	fmt.Fprintf(w, "|%s|%s:|%s:|%s|%s|%s|%s|%s|\n",
+		strings.Repeat("-", 36), strings.Repeat("-", 11), strings.Repeat("-", 11), strings.Repeat("-", 8),
+		strings.Repeat("-", 22), strings.Repeat("-", 9), strings.Repeat("-", 11), strings.Repeat("-", 15))
+	for _, c := range comparisons {
+		loop, base := rs.metric(c.loop, c.unit), rs.metric(c.base, c.unit)
+		if len(loop) == 0 || len(base) == 0 {
+			continue
+		}
+		var per []string
+		for i := range min(len(loop), len(base)) {
+			per = append(per, fmt.Sprintf("%.2f", loop[i]/base[i]))
+		}
+		ratio := median(loop) / median(base)
+		prec := "%.3f"
+		if ratio < 0.01 {
+			prec = "%.5f"
+		}
+		allocs := ""
+		if la, ba := rs.metric(c.loop, "allocs/op"), rs.metric(c.base, "allocs/op"); len(la) > 0 && len(ba) > 0 {
+			allocs = fmt.Sprintf("%.0f vs %.0f", median(la), median(ba))
+		}
+		if c.unit == "puts/s" {
+			per = nil
+		}
+		fmt.Fprintf(w, "| %-34s | %10s | %10s | %-6s | %-20s | %-7s | %-9s | %-13s |\n",
+			c.what, fmtRate(median(loop))+"/s", fmtRate(median(base))+"/s", fmt.Sprintf(prec, ratio),
+			strings.Join(per, " "), c.goal, c.original, allocs)
+	}
+	if heap := rs.metric("Memory", "peak-heap-MiB"); len(heap) > 0 {
+		limit := median(rs.metric("Memory", "limit-MiB"))
+		fmt.Fprintf(w, "\nmemory, immediate mode, target ~100x slower than the source, BytesInFlight %.0f MiB:\n", limit)
+		fmt.Fprintf(w, "  peak HeapInuse above the start: %.1f MiB (median; runs: %s)\n", median(heap), join(heap))
+		if r := rs.metric("Memory", "peak-rss-MiB"); len(r) > 0 {
+			fmt.Fprintf(w, "  peak VmRSS above the start:     %.1f MiB (median; runs: %s)\n", median(r), join(r))
+		}
+		if r := rs.metric("Memory", "msgs/s"); len(r) > 0 {
+			fmt.Fprintf(w, "  throughput while bounded:       %s msgs/s\n", fmtRate(median(r)))
+		}
+	}
+}
+
+func join(v []float64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmt.Sprintf("%.1f", x))
+	}
+	return strings.Join(s, " ")
+}
