@@ -1,7 +1,9 @@
 package logical
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 
 	"github.com/pkg/errors"
 )
@@ -89,6 +91,18 @@ func (b *fkBatch) OnData(ctx context.Context, source string, target Table, muts 
 	return nil
 }
 
+// fkKey is the form of a key used to match mutations of one row: the
+// JSON as given, compacted only if it holds white space.
+func fkKey(raw json.RawMessage) string {
+	if bytes.ContainsAny(raw, " \t\r\n") {
+		var buf bytes.Buffer
+		if json.Compact(&buf, raw) == nil {
+			return buf.String()
+		}
+	}
+	return string(raw)
+}
+
 func (b *fkBatch) hold(t Table, m Mutation) {
 	if b.held == nil {
 		b.held = make(map[Table]*heldRows)
@@ -98,11 +112,12 @@ func (b *fkBatch) hold(t Table, m Mutation) {
 		h = &heldRows{index: make(map[string]int)}
 		b.held[t] = h
 	}
-	if i, ok := h.index[string(m.Key)]; ok {
+	key := fkKey(m.Key)
+	if i, ok := h.index[key]; ok {
 		h.muts[i] = m
 		return
 	}
-	h.index[string(m.Key)] = len(h.muts)
+	h.index[key] = len(h.muts)
 	h.muts = append(h.muts, m)
 }
 
@@ -112,9 +127,10 @@ func (b *fkBatch) forget(t Table, key []byte) {
 	if h == nil {
 		return
 	}
-	if i, ok := h.index[string(key)]; ok {
+	k := fkKey(key)
+	if i, ok := h.index[k]; ok {
 		h.muts[i] = Mutation{} // no Key: skipped at commit
-		delete(h.index, string(key))
+		delete(h.index, k)
 	}
 }
 

@@ -590,8 +590,10 @@ func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp) error {
 	if err := l.factory.cfg.Memo.Put(ctx, l.name, buf); err != nil {
 		return errors.Wrapf(err, "logical: loop %q: persisting the consistent point", l.name)
 	}
-	l.cp.Set(cp)
+	// Stats first, so that whoever wakes up on the new point reads stats
+	// that already include it.
 	l.stats.setPoint(cp, true)
+	l.cp.Set(cp)
 	return nil
 }
 
