@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"time"
+	"unsafe"
 )
 
 // Events is what Process works with: a Batcher to write mutations, the
@@ -91,7 +92,17 @@ func (m Mutation) IsDelete() bool {
 	return len(m.Data) == 0 || bytes.Equal(bytes.TrimSpace(m.Data), []byte("null"))
 }
 
-// size is the number of bytes m holds, for Config.BytesInFlight.
+// mutationSize is the size of a Mutation value itself.
+const mutationSize = int(unsafe.Sizeof(Mutation{}))
+
+// metaEntrySize is a rough figure for one entry of Mutation.Meta.
+const metaEntrySize = 64
+
+// size is the memory m holds while it is queued, for Config.BytesInFlight:
+// the value itself (a queued mutation is a copy), the capacity of its byte
+// slices, and a rough figure per Meta entry. Counting the value and the
+// capacities, not just the lengths of the JSON, keeps the bound close to
+// the memory actually held.
 func (m Mutation) size() int {
-	return len(m.Before) + len(m.Data) + len(m.Key) + 64
+	return mutationSize + cap(m.Before) + cap(m.Data) + cap(m.Key) + metaEntrySize*len(m.Meta)
 }

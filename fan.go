@@ -68,12 +68,15 @@ func (b *fanBatch) OnData(ctx context.Context, _ string, target Table, muts []Mu
 	return err
 }
 
-func (b *fanBatch) OnCommit(ctx context.Context) <-chan error {
+func (b *fanBatch) OnCommit(ctx context.Context) <-chan error { return result1(b.commit(ctx)) }
+
+// commit implements syncCommitter.
+func (b *fanBatch) commit(ctx context.Context) error {
 	err := b.b.Commit(ctx)
 	if errors.Is(err, fan.ErrEnded) {
 		err = errEnded
 	}
-	return result1(err)
+	return err
 }
 
 func (b *fanBatch) OnRollback(ctx context.Context) error { return b.b.Rollback(ctx) }

@@ -174,7 +174,7 @@ type metricsBatch struct {
 }
 
 func (b *metricsBatch) OnCommit(ctx context.Context) <-chan error {
-	err := <-b.Batch.OnCommit(ctx)
+	err := commitOf(ctx, b.Batch)
 	b.stats.commit(err)
 	return result1(err)
 }

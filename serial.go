@@ -41,12 +41,15 @@ func (b *serialBatch) OnData(ctx context.Context, _ string, target Table, muts [
 	return nil
 }
 
-func (b *serialBatch) OnCommit(ctx context.Context) <-chan error {
+func (b *serialBatch) OnCommit(ctx context.Context) <-chan error { return result1(b.commit(ctx)) }
+
+// commit implements syncCommitter.
+func (b *serialBatch) commit(ctx context.Context) error {
 	if b.ended {
-		return result1(errEnded)
+		return errEnded
 	}
 	b.ended = true
-	return result1(errors.Wrap(b.tx.Commit(ctx), "logical: committing the target transaction"))
+	return errors.Wrap(b.tx.Commit(ctx), "logical: committing the target transaction")
 }
 
 func (b *serialBatch) OnRollback(ctx context.Context) error {
@@ -59,6 +62,27 @@ func (b *serialBatch) OnRollback(ctx context.Context) error {
 
 // errEnded is returned by a batch used after OnCommit or OnRollback.
 var errEnded = errors.New("logical: batch used after OnCommit or OnRollback")
+
+// A syncCommitter is a Batch whose OnCommit finishes before it returns.
+// Decorators call commit instead of OnCommit, which spares the channel of
+// the inner batch: one allocation per batch on the hot path.
+type syncCommitter interface {
+	// commit does what OnCommit does and returns its result.
+	commit(ctx context.Context) error
+}
+
+var (
+	_ syncCommitter = (*serialBatch)(nil)
+	_ syncCommitter = (*fanBatch)(nil)
+)
+
+// commitOf commits b, synchronously if it can.
+func commitOf(ctx context.Context, b Batch) error {
+	if sc, ok := b.(syncCommitter); ok {
+		return sc.commit(ctx)
+	}
+	return <-b.OnCommit(ctx)
+}
 
 // result1 returns a closed channel holding err.
 func result1(err error) <-chan error {

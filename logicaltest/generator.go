@@ -135,6 +135,12 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 	var batch logical.Batch
 	var last Message
 	pending := 0
+	// done is the last message known to be persisted: the point when
+	// Process started, then each point it set itself (nothing else sets
+	// the point while Process runs). Tracking it here spares a
+	// GetConsistentPoint, which allocates a channel, per message.
+	start, _ := events.GetConsistentPoint()
+	done := start.(*Stamp).Seq
 	fail := func(err error) error {
 		if batch != nil {
 			_ = batch.OnRollback(ctx)
@@ -150,6 +156,7 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 		if err := events.SetConsistentPoint(ctx, &Stamp{Seq: last.Seq, Time: last.Time}); err != nil {
 			return err
 		}
+		done = last.Seq
 		pending = 0
 		return nil
 	}
@@ -181,7 +188,7 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 		// A restarted source sends again from the consistent point it saw,
 		// which may be behind what this side committed meanwhile: skip
 		// what is already done or already in the open batch.
-		if cp, _ := events.GetConsistentPoint(); m.Seq <= cp.(*Stamp).Seq || batch != nil && m.Seq <= last.Seq {
+		if m.Seq <= done || batch != nil && m.Seq <= last.Seq {
 			continue
 		}
 		if batch == nil {

@@ -31,8 +31,9 @@ const slowApply = 20 * time.Microsecond
 // twice per apply costs more than a no-op apply itself.
 const sampleEvery = 8
 
-// maxFree bounds the emptied chunk slices kept for reuse, per worker.
-const maxFree = 4
+// maxFree bounds the emptied chunk slices kept for reuse, per worker. The
+// slices are not counted in Config.Limit, so keep few.
+const maxFree = 1
 
 // Config configures a Queue.
 type Config[T comparable, M any] struct {
@@ -396,10 +397,11 @@ func (q *Queue[T, M]) notifyLocked() {
 // under ctx. It releases q.mu around each apply. The caller holds q.mu.
 func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	ln.busy = true
-	for len(ln.queue) > 0 {
-		c := ln.queue[0]
-		ln.queue[0] = chunk[T, M]{}
-		ln.queue = ln.queue[1:]
+	// Index rather than reslice, so that the queue keeps its capacity;
+	// Add may append to it while q.mu is released.
+	for i := 0; i < len(ln.queue); i++ {
+		c := ln.queue[i]
+		ln.queue[i] = chunk[T, M]{}
 		b := c.batch
 		switch {
 		case b.dropped || b.err != nil:
