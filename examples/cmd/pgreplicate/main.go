@@ -28,8 +28,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/examples/metrics"
 	"github.com/logical-go/logical/examples/pglogical"
 	"github.com/logical-go/logical/examples/pgstore"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 )
@@ -222,12 +225,15 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		dialect = &leased{Dialect: d, leases: leases, name: "pgreplicate/" + o.loopName}
 	}
 
+	var observer logical.Observer
 	if o.metricsAddr != "" {
-		stopMetrics, err := serveMetrics(o.metricsAddr, log)
+		obs := metrics.New()
+		stopMetrics, err := serveMetrics(o.metricsAddr, obs, log)
 		if err != nil {
 			return err
 		}
 		defer stopMetrics()
+		observer = obs
 	}
 
 	factory, err := logical.NewFactory(context.Background(), &logical.Config{
@@ -240,6 +246,7 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		Memo:           memo,
 		Target:         pgstore.NewTarget(pool),
 		Logger:         log,
+		Observer:       observer,
 	})
 	if err != nil {
 		return err
@@ -320,15 +327,17 @@ func (l *leased) Acquire(ctx context.Context) (logical.Lease, error) {
 	return l.leases.Acquire(ctx, l.name)
 }
 
-// serveMetrics serves the Prometheus default registry (process and Go
-// runtime metrics for now) at /metrics on addr.
-func serveMetrics(addr string, log logrus.FieldLogger) (func(), error) {
+// serveMetrics serves the loop's metrics, with the Go runtime's and the
+// process's, at /metrics on addr. The returned function stops the server.
+func serveMetrics(addr string, obs *metrics.Observer, log logrus.FieldLogger) (func(), error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(obs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metricsAddr: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.Handler())
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -165,7 +168,11 @@ func TestIdleAck(t *testing.T) {
 	r := newReplication(t, `CREATE TABLE kv (k INT PRIMARY KEY, v TEXT)`)
 	r.src.Exec(t, `CREATE TABLE unpublished (x INT)`, `DROP PUBLICATION pub`, `CREATE PUBLICATION pub FOR TABLE kv`)
 	r.createSlot(t)
-	stop := inProcess(t, r.args())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	metricsAddr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	stop := inProcess(t, r.args("--metricsAddr", metricsAddr))
 
 	r.src.Exec(t, `INSERT INTO kv VALUES (1, 'one')`)
 	after := query(t, r.src, `SELECT pg_current_wal_lsn()::text`)
@@ -182,6 +189,18 @@ func TestIdleAck(t *testing.T) {
 	after = query(t, r.src, `SELECT pg_current_wal_lsn()::text`)
 	pgtest.Eventually(t, time.Minute, "the slot to confirm unpublished WAL", confirmedPast(after))
 	assert.Equal(t, "1", query(t, r.dst, `SELECT count(*)::text FROM kv`))
+
+	// The loop's metrics are served.
+	want := `logical_point_offset{loop="` + r.slot + `"}`
+	pgtest.Eventually(t, time.Minute, "the metrics", func() bool {
+		resp, err := http.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return err == nil && strings.Contains(string(body), want)
+	})
 	require.Equal(t, 0, stop())
 
 	// The persisted point is at or after what the slot confirmed: the
