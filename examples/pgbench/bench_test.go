@@ -1,0 +1,512 @@
+// Package pgbench_test compares pgreplicate with PostgreSQL's built-in
+// logical replication (a native subscription) on the same pgbench
+// workloads, in one PostgreSQL cluster.
+//
+// It is long (a few minutes) and runs only when asked:
+//
+//	LOGICAL_PGBENCH=1 .ci/with-postgres bash -c 'cd examples && go test -v -run TestPgbenchVsNative ./pgbench'
+//
+// or simply bench/pg. Knobs (environment):
+//
+//	LOGICAL_PGBENCH_RUNS      runs of every measurement (default 3); the table shows medians
+//	LOGICAL_PGBENCH_DURATION  length of the timed pgbench run (default 15s)
+//	LOGICAL_PGBENCH_SYSTEMS   comma-separated subset of native,serial,immediate
+//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of load,run
+//	LOGICAL_PGBENCH_OUT       also write the table to this file
+//	LOGICAL_PGBENCH_PERF      directory: record `perf record -g` of pgreplicate per measurement
+//
+// Every measurement uses a fresh source and target database; the systems
+// run one after the other, never at the same time, so they do not compete
+// for the CPUs. A measurement starts the replicator, waits until the
+// replication slot is active, starts pgbench on the source, and then polls
+// the target every 100ms until its summary (row counts, balance sums, the
+// history's count and sum of deltas) equals the source's. The total is the
+// time from the start of pgbench until then; the catch-up lag is the part
+// after pgbench exited. A full row-by-row checksum comparison afterwards
+// (not timed) makes sure the replica is really equal.
+package pgbench_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/logical-go/logical/examples/internal/pgtest"
+	"github.com/stretchr/testify/require"
+)
+
+// Environment knobs.
+const (
+	envEnable    = "LOGICAL_PGBENCH"
+	envRuns      = "LOGICAL_PGBENCH_RUNS"
+	envRunLength = "LOGICAL_PGBENCH_DURATION"
+	envSystems   = "LOGICAL_PGBENCH_SYSTEMS"
+	envWorkloads = "LOGICAL_PGBENCH_WORKLOADS"
+	envOut       = "LOGICAL_PGBENCH_OUT"
+	envPerf      = "LOGICAL_PGBENCH_PERF"
+)
+
+// pollInterval is how often the target is compared with the source.
+const pollInterval = 100 * time.Millisecond
+
+// catchUpDeadline bounds the wait for the target after pgbench exited.
+const catchUpDeadline = 5 * time.Minute
+
+// pgbenchTables are the published tables.
+var pgbenchTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"}
+
+// summarySQL is what "the target equals the source" compares, cheap enough
+// to run every 100ms.
+const summarySQL = `SELECT concat_ws(' ',
+	(SELECT count(*) || '/' || coalesce(sum(abalance), 0) FROM pgbench_accounts),
+	(SELECT count(*) || '/' || coalesce(sum(bbalance), 0) FROM pgbench_branches),
+	(SELECT count(*) || '/' || coalesce(sum(tbalance), 0) FROM pgbench_tellers),
+	(SELECT count(*) || '/' || coalesce(sum(delta), 0) FROM pgbench_history))`
+
+// checksumSQL compares every row, once, after the timed part.
+const checksumSQL = `SELECT concat_ws(' ',
+	(SELECT md5(coalesce(string_agg(a::text, ',' ORDER BY aid), '')) FROM pgbench_accounts a),
+	(SELECT md5(coalesce(string_agg(b::text, ',' ORDER BY bid), '')) FROM pgbench_branches b),
+	(SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY tid), '')) FROM pgbench_tellers t),
+	(SELECT md5(coalesce(string_agg(h::text, ',' ORDER BY tid, bid, aid, delta, mtime), '')) FROM pgbench_history h))`
+
+// workload is what pgbench does on the source.
+type workload struct {
+	name  string
+	title string
+	// prepare creates the tables (and their initial data) in a database;
+	// it runs on the source and on the target alike.
+	prepare []string
+	// args are pgbench's arguments for the timed part.
+	args []string
+}
+
+// system is a replicator under test.
+type system struct {
+	name  string
+	title string
+	// start begins replicating src into dst through the slot and the
+	// publication "pub"; the returned function stops it.
+	start func(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) (stop func())
+}
+
+// result is one measurement.
+type result struct {
+	total, lag time.Duration
+	txns       int
+}
+
+// bench is the state of one TestPgbenchVsNative.
+type bench struct {
+	server string
+	binary string
+	perf   string
+}
+
+func TestPgbenchVsNative(t *testing.T) {
+	if os.Getenv(envEnable) != "1" {
+		t.Skipf("set %s=1 (and run under .ci/with-postgres) for the pgbench comparison; bench/pg does both", envEnable)
+	}
+	b := &bench{server: pgtest.ServerURL(t), perf: os.Getenv(envPerf)}
+	runs := envInt(t, envRuns, 3)
+	duration := envDuration(t, envRunLength, 15*time.Second)
+	for _, tool := range []string{"pgbench", "psql"} {
+		_, err := exec.LookPath(tool)
+		require.NoError(t, err, "%s must be on PATH", tool)
+	}
+	b.binary = buildPgreplicate(t)
+	if b.perf != "" {
+		require.NoError(t, os.MkdirAll(b.perf, 0o755))
+	}
+
+	workloads := selectWorkloads(t, []workload{
+		{
+			name:    "load",
+			title:   "100k load (pgbench -i -I g)",
+			prepare: []string{"-i", "-I", "dtp", "-q"},
+			args:    []string{"-i", "-I", "g", "-s", "1", "-q"},
+		},
+		{
+			name:    "run",
+			title:   fmt.Sprintf("%s pgbench -c 4", duration),
+			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args:    []string{"-n", "-c", "4", "-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
+		},
+	})
+	systems := selectSystems(t, []system{
+		{name: "native", title: "native subscription", start: startNative},
+		{name: "serial", title: "pgreplicate (serial)", start: startPgreplicate(nil)},
+		{name: "immediate", title: "pgreplicate --immediate", start: startPgreplicate([]string{"--immediate"})},
+	})
+
+	results := make(map[string][]result) // workload/system
+	for run := 1; run <= runs; run++ {
+		for _, w := range workloads {
+			// Rotate the order of the systems from run to run, so that
+			// none is always first after a workload change.
+			for i := range systems {
+				s := systems[(i+run-1)%len(systems)]
+				name := fmt.Sprintf("run%d/%s/%s", run, w.name, s.name)
+				ok := t.Run(name, func(t *testing.T) {
+					r := b.measure(t, w, s, name)
+					results[w.name+"/"+s.name] = append(results[w.name+"/"+s.name], r)
+					t.Logf("%s: total %s, lag %s, %d transactions", name, fmtDur(r.total), fmtDur(r.lag), r.txns)
+				})
+				if !ok {
+					t.FailNow()
+				}
+			}
+		}
+	}
+
+	table := renderTable(workloads, systems, results, runs)
+	fmt.Print(table)
+	if out := os.Getenv(envOut); out != "" {
+		require.NoError(t, os.WriteFile(out, []byte(table), 0o644))
+	}
+}
+
+// measure runs workload w against system s once, on fresh databases.
+func (b *bench) measure(t *testing.T, w workload, s system, label string) result {
+	src := pgtest.NewDB(t, "bsrc")
+	dst := pgtest.NewDB(t, "bdst")
+	slot := "bench_" + strings.TrimPrefix(src.Name, "bsrc_")
+	pgbench(t, src, w.prepare...)
+	pgbench(t, dst, w.prepare...)
+	src.Exec(t, `CREATE PUBLICATION pub FOR TABLE `+strings.Join(pgbenchTables, ", "),
+		`SELECT pg_create_logical_replication_slot('`+slot+`', 'pgoutput')`)
+	require.Equal(t, query(t, src, summarySQL), query(t, dst, summarySQL), "the databases start equal")
+
+	stop := s.start(t, b, src, dst, slot)
+	defer stop()
+	pgtest.Eventually(t, time.Minute, "the replication slot to become active", func() bool {
+		return query(t, src, `SELECT active::text FROM pg_replication_slots WHERE slot_name = $1`, slot) == "true"
+	})
+	// Start every measurement from a clean slate of dirty buffers.
+	src.Exec(t, `CHECKPOINT`)
+
+	var perf *exec.Cmd
+	if b.perf != "" && s.name != "native" {
+		perf = startPerf(t, filepath.Join(b.perf, strings.ReplaceAll(label, "/", "-")+".data"), "pgreplicate")
+	}
+
+	start := time.Now()
+	out := pgbench(t, src, w.args...)
+	wrote := time.Now()
+	want := query(t, src, summarySQL)
+	var got string
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		got = query(t, dst, summarySQL)
+		if got == want {
+			break
+		}
+		if time.Since(wrote) > catchUpDeadline {
+			t.Fatalf("the target did not catch up within %s of the end of the writes:\nsource: %s\ntarget: %s",
+				catchUpDeadline, want, got)
+		}
+		<-tick.C
+	}
+	done := time.Now()
+	if perf != nil {
+		_ = perf.Process.Signal(syscall.SIGINT)
+		_ = perf.Wait()
+	}
+	require.Equal(t, query(t, src, checksumSQL), query(t, dst, checksumSQL), "every row is equal")
+
+	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1}
+	if m := processedRE.FindStringSubmatch(out); m != nil {
+		r.txns, _ = strconv.Atoi(m[1])
+	}
+	return r
+}
+
+// processedRE finds pgbench's count of transactions.
+var processedRE = regexp.MustCompile(`number of transactions actually processed: (\d+)`)
+
+// startNative subscribes dst to the publication through the existing slot.
+func startNative(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func() {
+	u, err := url.Parse(b.server)
+	require.NoError(t, err)
+	conn := fmt.Sprintf("host=%s port=%s user=%s dbname=%s", u.Hostname(), u.Port(), u.User.Username(), src.Name)
+	if pw, ok := u.User.Password(); ok {
+		conn += " password=" + pw
+	}
+	dst.Exec(t, `CREATE SUBSCRIPTION sub CONNECTION '`+strings.ReplaceAll(conn, "'", "''")+`' PUBLICATION pub
+		WITH (copy_data = false, create_slot = false, slot_name = '`+slot+`')`)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			// A database with a subscription cannot be dropped; detach
+			// it from the slot (which pgtest drops) and drop it.
+			dst.Exec(t, `ALTER SUBSCRIPTION sub DISABLE`,
+				`ALTER SUBSCRIPTION sub SET (slot_name = NONE)`,
+				`DROP SUBSCRIPTION sub`)
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// startPgreplicate runs the pgreplicate binary with extra flags.
+func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func() {
+	return func(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func() {
+		args := append([]string{
+			"--sourceConn", src.URL,
+			"--targetConn", dst.URL,
+			"--publicationName", "pub",
+			"--slotName", slot,
+			"--logLevel", "warn",
+		}, extra...)
+		var log lockedBuffer
+		cmd := exec.Command(b.binary, args...)
+		cmd.Stdout, cmd.Stderr = &log, &log
+		require.NoError(t, cmd.Start())
+		exited := make(chan struct{})
+		go func() {
+			_ = cmd.Wait()
+			close(exited)
+		}()
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-exited:
+				case <-time.After(time.Minute):
+					_ = cmd.Process.Kill()
+					<-exited
+					t.Errorf("pgreplicate ignored SIGTERM")
+				}
+				if t.Failed() || cmd.ProcessState.ExitCode() != 0 {
+					t.Logf("pgreplicate exited with %d:\n%s", cmd.ProcessState.ExitCode(), log.String())
+				}
+			})
+		}
+		t.Cleanup(stop)
+		return stop
+	}
+}
+
+// startPerf records the call graphs of the process named comm.
+func startPerf(t *testing.T, out, comm string) *exec.Cmd {
+	pid, err := exec.Command("pgrep", "-n", "-x", comm).Output()
+	require.NoError(t, err, "finding %s", comm)
+	cmd := exec.Command("perf", "record", "-q", "-g", "-F", "499", "-o", out, "-p", strings.TrimSpace(string(pid)))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
+
+// buildPgreplicate compiles the command into a temporary directory.
+func buildPgreplicate(t *testing.T) string {
+	bin := filepath.Join(t.TempDir(), "pgreplicate")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/logical-go/logical/examples/cmd/pgreplicate").CombinedOutput()
+	require.NoError(t, err, "go build:\n%s", out)
+	return bin
+}
+
+// pgbench runs pgbench on db and returns its output.
+func pgbench(t *testing.T, db *pgtest.DB, args ...string) string {
+	out, err := exec.Command("pgbench", append(args, db.URL)...).CombinedOutput()
+	require.NoError(t, err, "pgbench %s:\n%s", strings.Join(args, " "), out)
+	return string(out)
+}
+
+// query returns the single text value of sql.
+func query(t *testing.T, db *pgtest.DB, sql string, args ...any) string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var s *string
+	require.NoError(t, db.Pool.QueryRow(ctx, sql, args...).Scan(&s), "%s", sql)
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// renderTable prints the medians: a row per workload and pgreplicate mode,
+// next to native replication of the same workload.
+func renderTable(workloads []workload, systems []system, results map[string][]result, runs int) string {
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "\npgreplicate vs native logical replication, median of %d run(s); time = start of writes until the target equals the source; lag = part after the writes ended\n\n", runs)
+	w := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "workload\tpgreplicate mode\tnative time\tpgreplicate time\tratio\tnative lag\tpgreplicate lag\tnative txns\tpgreplicate txns\t")
+	for _, wl := range workloads {
+		native := results[wl.name+"/native"]
+		for _, s := range systems {
+			if s.name == "native" {
+				continue
+			}
+			ours := results[wl.name+"/"+s.name]
+			ratio := "n/a"
+			if len(native) > 0 && len(ours) > 0 {
+				ratio = fmt.Sprintf("%.2f", float64(median(ours, totalOf))/float64(median(native, totalOf)))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", wl.title, s.name,
+				medDur(native, totalOf), medDur(ours, totalOf), ratio,
+				medDur(native, lagOf), medDur(ours, lagOf),
+				medInt(native), medInt(ours))
+		}
+		if len(systems) == 1 && systems[0].name == "native" {
+			fmt.Fprintf(w, "%s\t-\t%s\t-\t-\t%s\t-\t%s\t-\t\n", wl.title, medDur(native, totalOf), medDur(native, lagOf), medInt(native))
+		}
+	}
+	_ = w.Flush()
+	fmt.Fprintf(&buf, "\nevery run (total/lag/txns):\n")
+	for _, wl := range workloads {
+		for _, s := range systems {
+			fmt.Fprintf(&buf, "  %-6s %-10s", wl.name, s.name)
+			for _, r := range results[wl.name+"/"+s.name] {
+				fmt.Fprintf(&buf, "  %s/%s/%d", fmtDur(r.total), fmtDur(r.lag), r.txns)
+			}
+			fmt.Fprintln(&buf)
+		}
+	}
+	return buf.String()
+}
+
+func totalOf(r result) time.Duration { return r.total }
+func lagOf(r result) time.Duration   { return r.lag }
+
+// median returns the median of f over rs (the mean of the middle two for
+// an even count).
+func median(rs []result, f func(result) time.Duration) time.Duration {
+	if len(rs) == 0 {
+		return 0
+	}
+	ds := make([]time.Duration, len(rs))
+	for i, r := range rs {
+		ds[i] = f(r)
+	}
+	slices.Sort(ds)
+	if len(ds)%2 == 1 {
+		return ds[len(ds)/2]
+	}
+	return (ds[len(ds)/2-1] + ds[len(ds)/2]) / 2
+}
+
+func medDur(rs []result, f func(result) time.Duration) string {
+	if len(rs) == 0 {
+		return "-"
+	}
+	return fmtDur(median(rs, f))
+}
+
+func medInt(rs []result) string {
+	if len(rs) == 0 {
+		return "-"
+	}
+	ns := make([]int, len(rs))
+	for i, r := range rs {
+		ns[i] = r.txns
+	}
+	slices.Sort(ns)
+	return strconv.Itoa(ns[len(ns)/2])
+}
+
+func fmtDur(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
+
+// selectWorkloads keeps the workloads named in LOGICAL_PGBENCH_WORKLOADS.
+func selectWorkloads(t *testing.T, all []workload) []workload {
+	names := listEnv(envWorkloads)
+	if names == nil {
+		return all
+	}
+	var out []workload
+	for _, n := range names {
+		i := slices.IndexFunc(all, func(w workload) bool { return w.name == n })
+		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (load, run)", envWorkloads, n)
+		out = append(out, all[i])
+	}
+	return out
+}
+
+// selectSystems keeps the systems named in LOGICAL_PGBENCH_SYSTEMS.
+func selectSystems(t *testing.T, all []system) []system {
+	names := listEnv(envSystems)
+	if names == nil {
+		return all
+	}
+	var out []system
+	for _, n := range names {
+		i := slices.IndexFunc(all, func(s system) bool { return s.name == n })
+		require.GreaterOrEqual(t, i, 0, "%s: unknown system %q (native, serial, immediate)", envSystems, n)
+		out = append(out, all[i])
+	}
+	return out
+}
+
+func listEnv(name string) []string {
+	v := strings.TrimSpace(os.Getenv(name))
+	if v == "" {
+		return nil
+	}
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func envInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(t, err, "%s must be a number", name)
+	require.Positive(t, n, "%s must be at least 1", name)
+	return n
+}
+
+func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	require.NoError(t, err, "%s must be a duration like 15s", name)
+	require.GreaterOrEqual(t, d, time.Second, "%s must be at least 1s", name)
+	return d
+}
+
+// lockedBuffer collects a process's output.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
