@@ -13,7 +13,7 @@
 //	LOGICAL_PGBENCH_SYSTEMS   comma-separated subset of native,serial,immediate
 //	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of load,run
 //	LOGICAL_PGBENCH_OUT       also write the table to this file
-//	LOGICAL_PGBENCH_PERF      directory: record `perf record -g` of pgreplicate per measurement
+//	LOGICAL_PGBENCH_PERF      directory: `perf record -a -g` during each pgreplicate measurement
 //
 // Every measurement uses a fresh source and target database; the systems
 // run one after the other, never at the same time, so they do not compete
@@ -200,7 +200,7 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 
 	var perf *exec.Cmd
 	if b.perf != "" && s.name != "native" {
-		perf = startPerf(t, filepath.Join(b.perf, strings.ReplaceAll(label, "/", "-")+".data"), "pgreplicate")
+		perf = startPerf(t, filepath.Join(b.perf, strings.ReplaceAll(label, "/", "-")+".data"))
 	}
 
 	start := time.Now()
@@ -302,11 +302,11 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 	}
 }
 
-// startPerf records the call graphs of the process named comm.
-func startPerf(t *testing.T, out, comm string) *exec.Cmd {
-	pid, err := exec.Command("pgrep", "-n", "-x", comm).Output()
-	require.NoError(t, err, "finding %s", comm)
-	cmd := exec.Command("perf", "record", "-q", "-g", "-F", "499", "-o", out, "-p", strings.TrimSpace(string(pid)))
+// startPerf records the call graphs of every process on the machine, so
+// that the report can split the time between pgreplicate and the
+// PostgreSQL backends (perf report --sort comm,dso).
+func startPerf(t *testing.T, out string) *exec.Cmd {
+	cmd := exec.Command("perf", "record", "-q", "-a", "-g", "-F", "499", "-o", out)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
