@@ -62,9 +62,17 @@ type Config struct {
 	// Publications are the publications to decode. At least one.
 	Publications []string
 	// StandbyTimeout is how often ReadInto sends a status update to the
-	// server, and the least time between two consistent points set by
-	// Process. Default 5s.
+	// server. Default 5s.
 	StandbyTimeout time.Duration
+	// PointEvery is the least time between two consistent points set by
+	// Process (each is a Memo write). Zero means StandbyTimeout; a
+	// negative value sets a point after every transaction.
+	PointEvery time.Duration
+	// NoKeepalivePoints keeps consistent points at the ends of
+	// transactions. By default a keepalive that arrives outside a
+	// transaction moves the point to the server's WAL position, so that
+	// the slot advances over WAL the publications do not cover.
+	NoKeepalivePoints bool
 	// FlushRows and FlushBytes bound the mutations Process gathers before
 	// handing them to the batch. Defaults 1000 and 4 MiB.
 	FlushRows  int
@@ -112,6 +120,12 @@ func New(cfg Config) (*Dialect, error) {
 	}
 	if cfg.StandbyTimeout == 0 {
 		cfg.StandbyTimeout = DefaultStandbyTimeout
+	}
+	switch {
+	case cfg.PointEvery == 0:
+		cfg.PointEvery = cfg.StandbyTimeout
+	case cfg.PointEvery < 0:
+		cfg.PointEvery = 0
 	}
 	if cfg.FlushRows == 0 {
 		cfg.FlushRows = DefaultFlushRows

@@ -17,11 +17,12 @@ import (
 // batch, opened at its first row change (empty transactions open none) and
 // committed at its Commit message; after the batch committed, the end of
 // the transaction becomes the next consistent point, set at most once per
-// StandbyTimeout and always before Process returns. Transactions that end
+// Config.PointEvery and always before Process returns. Transactions that end
 // before the consistent point (or the target's recorded progress) are
 // skipped, as are those seen again after ReadInto restarted. A keepalive
 // that arrives outside a transaction moves the point to the server's WAL
-// position, so an idle or filtered source still lets the slot advance.
+// position (unless Config.NoKeepalivePoints), so an idle or filtered
+// source still lets the slot advance.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	p := &processor{d: d, events: events, rels: make(map[uint32]*relation)}
 	cp, _ := events.GetConsistentPoint()
@@ -67,7 +68,7 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		}
 		// Wake up when a throttled point becomes due.
 		if p.committed > p.persisted {
-			due := time.Until(p.lastSet.Add(d.cfg.StandbyTimeout))
+			due := time.Until(p.lastSet.Add(d.cfg.PointEvery))
 			timer.Reset(max(due, 0))
 		}
 	}
@@ -112,7 +113,7 @@ func (p *processor) handle(ctx context.Context, m logical.Message) error {
 	}
 	switch m := m.(type) {
 	case keepalive:
-		if !p.inTx && m.walEnd > p.committed {
+		if !p.d.cfg.NoKeepalivePoints && !p.inTx && m.walEnd > p.committed {
 			p.committed, p.committedTime = m.walEnd, m.at
 		}
 		return nil
@@ -469,12 +470,12 @@ func (p *processor) finish(ctx context.Context) error {
 }
 
 // maybeSetPoint persists the end of the last committed transaction if it
-// is new and StandbyTimeout passed since the last time (or force is set).
+// is new and Config.PointEvery passed since the last time (or force is set).
 func (p *processor) maybeSetPoint(ctx context.Context, force bool) error {
 	if p.committed <= p.persisted {
 		return nil
 	}
-	if !force && time.Since(p.lastSet) < p.d.cfg.StandbyTimeout {
+	if !force && time.Since(p.lastSet) < p.d.cfg.PointEvery {
 		return nil
 	}
 	if cp, _ := p.events.GetConsistentPoint(); stampPos(cp) >= p.committed {
