@@ -160,17 +160,22 @@ func main() {
 			strings.Join(per, " "), c.goal, c.original, allocs)
 	}
 	fmt.Fprintln(w, "\nratio: median over the runs of loop/baseline measured in the same run; loop and baseline columns: median rates")
-	if heap := rs.metric("Memory", "peak-heap-MiB"); len(heap) > 0 {
-		limit := median(rs.metric("Memory", "limit-MiB"))
-		fmt.Fprintf(w, "\nmemory, immediate mode, target ~100x slower than the source, BytesInFlight %.0f MiB:\n", limit)
-		if r := rs.metric("Memory", "peak-live-MiB"); len(r) > 0 {
-			fmt.Fprintf(w, "  peak live heap above the start: %.1f MiB (median; runs: %s)\n", median(r), join(r))
+	for _, gc := range []string{"default", "memlimit"} {
+		name := "Memory/gc=" + gc
+		heap := rs.metric(name, "peak-heap-MiB")
+		if len(heap) == 0 {
+			continue
 		}
-		fmt.Fprintf(w, "  peak HeapInuse above the start: %.1f MiB (median; runs: %s)\n", median(heap), join(heap))
-		if r := rs.metric("Memory", "peak-rss-MiB"); len(r) > 0 {
-			fmt.Fprintf(w, "  peak VmRSS above the start:     %.1f MiB (median; runs: %s)\n", median(r), join(r))
+		limit := median(rs.metric(name, "limit-MiB"))
+		fmt.Fprintf(w, "\nmemory, immediate mode, target ~100x slower than the source, BytesInFlight %.0f MiB, gc=%s:\n", limit, gc)
+		if r := rs.metric(name, "peak-live-MiB"); len(r) > 0 {
+			fmt.Fprintf(w, "  peak live heap above the start: %5.1f MiB (median; runs: %s)\n", median(r), join(r))
 		}
-		if r := rs.metric("Memory", "msgs/s"); len(r) > 0 {
+		fmt.Fprintf(w, "  peak HeapInuse above the start: %5.1f MiB (median; runs: %s)\n", median(heap), join(heap))
+		if r := rs.metric(name, "peak-rss-MiB"); len(r) > 0 {
+			fmt.Fprintf(w, "  peak VmRSS above the start:     %5.1f MiB (median; runs: %s)\n", median(r), join(r))
+		}
+		if r := rs.metric(name, "msgs/s"); len(r) > 0 {
 			fmt.Fprintf(w, "  throughput while bounded:       %s msgs/s\n", fmtRate(median(r)))
 		}
 	}

@@ -35,6 +35,12 @@ const sampleEvery = 8
 // slices are not counted in Config.Limit, so keep few.
 const maxFree = 1
 
+// smallSlice is the capacity of a new lane's pending slice, and the
+// largest capacity kept for reuse: a reused slice goes to any lane, and a
+// lane may hold a single item in it, so large ones would hold memory that
+// Config.Limit does not see.
+const smallSlice = 4
+
 // Config configures a Queue.
 type Config[T comparable, M any] struct {
 	// Apply writes items to table. It is called concurrently for
@@ -206,6 +212,9 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 			ln.pendingBatch = b
 			b.lanes = append(b.lanes, ln)
 		}
+		if len(ln.pending) == cap(ln.pending) {
+			ln.pending = q.growLocked(ln.pending)
+		}
 		ln.pending = append(ln.pending, items[i])
 		ln.pendingBytes += q.cfg.Size(items[i])
 		if len(ln.pending) >= q.cfg.Chunk {
@@ -354,13 +363,23 @@ func (q *Queue[T, M]) getSliceLocked() []M {
 		q.free = q.free[:n-1]
 		return s
 	}
-	return make([]M, 0, min(q.cfg.Chunk, 4))
+	return make([]M, 0, min(q.cfg.Chunk, smallSlice))
+}
+
+// growLocked returns a copy of the full slice s with room for more items:
+// twice the capacity, but no more than a chunk, so that a full chunk
+// wastes no memory (append would give 100 items 128 slots).
+func (q *Queue[T, M]) growLocked(s []M) []M {
+	grown := make([]M, len(s), max(min(2*cap(s), q.cfg.Chunk), len(s)+1))
+	copy(grown, s)
+	q.putSliceLocked(s)
+	return grown
 }
 
 // putSliceLocked keeps s, whose items are no longer needed, for reuse.
 // It clears the items so that what they reference can be collected.
 func (q *Queue[T, M]) putSliceLocked(s []M) {
-	if cap(s) == 0 || len(q.free) >= maxFree*q.cfg.Workers {
+	if cap(s) == 0 || cap(s) > smallSlice || len(q.free) >= maxFree*q.cfg.Workers {
 		return
 	}
 	clear(s)
