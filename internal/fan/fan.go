@@ -31,15 +31,19 @@ const slowApply = 20 * time.Microsecond
 // twice per apply costs more than a no-op apply itself.
 const sampleEvery = 8
 
-// maxFree bounds the emptied chunk slices kept for reuse, per worker. The
-// slices are not counted in Config.Limit, so keep few.
-const maxFree = 1
+// maxFree bounds the emptied chunk slices kept for reuse, per worker (a
+// table has as many lanes as workers, and a batch of small transactions
+// touches most lanes of the tables it writes).
+const maxFree = 4
 
-// smallSlice is the capacity of a new lane's pending slice, and the
-// largest capacity kept for reuse: a reused slice goes to any lane, and a
-// lane may hold a single item in it, so large ones would hold memory that
-// Config.Limit does not see.
-const smallSlice = 4
+// newSlice is the capacity of a new lane's pending slice.
+const newSlice = 8
+
+// maxReuse is the largest capacity kept for reuse: a reused slice goes to
+// any lane, and a lane may hold a single item in it, so large ones would
+// hold memory that Config.Limit does not see. With maxFree it bounds that
+// memory to maxFree*Workers*maxReuse items.
+const maxReuse = 16
 
 // Config configures a Queue.
 type Config[T comparable, M any] struct {
@@ -363,7 +367,7 @@ func (q *Queue[T, M]) getSliceLocked() []M {
 		q.free = q.free[:n-1]
 		return s
 	}
-	return make([]M, 0, min(q.cfg.Chunk, smallSlice))
+	return make([]M, 0, min(q.cfg.Chunk, newSlice))
 }
 
 // growLocked returns a copy of the full slice s with room for more items:
@@ -379,7 +383,7 @@ func (q *Queue[T, M]) growLocked(s []M) []M {
 // putSliceLocked keeps s, whose items are no longer needed, for reuse.
 // It clears the items so that what they reference can be collected.
 func (q *Queue[T, M]) putSliceLocked(s []M) {
-	if cap(s) == 0 || cap(s) > smallSlice || len(q.free) >= maxFree*q.cfg.Workers {
+	if cap(s) == 0 || cap(s) > maxReuse || len(q.free) >= maxFree*q.cfg.Workers {
 		return
 	}
 	clear(s)
