@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"slices"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
 	"github.com/pkg/errors"
@@ -34,7 +34,7 @@ const MetaTruncate = "pgstore.truncate"
 // One Apply call costs at most one statement per distinct set of columns
 // among its upserts (usually one) plus one for its deletes:
 //
-//	INSERT INTO t (cols) SELECT CAST(r.v->>'c' AS type), ... FROM jsonb_array_elements($1) AS r(v)
+//	INSERT INTO t (cols) SELECT CAST(r.v->>0 AS type), ... FROM jsonb_array_elements($1) AS r(v)
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
 //	DELETE FROM t USING jsonb_array_elements($1) AS k(v) WHERE t.pk = CAST(k.v->>0 AS type)
 //
@@ -80,48 +80,182 @@ type tableInfo struct {
 	pk     []int // indexes into cols, in column order
 }
 
-// execer is what Apply needs of a pool or a transaction.
+// execer runs the statements of Apply: at once (poolExec) or pipelined in
+// a transaction (targetTx). what describes the statement for errors
+// ("upserting 3 rows into s.t").
 type execer interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	exec(ctx context.Context, what, sql string, args ...any) error
+}
+
+// poolExec runs each statement at once, in a transaction of its own.
+type poolExec struct{ pool *pgxpool.Pool }
+
+func (p poolExec) exec(ctx context.Context, what, sql string, args ...any) error {
+	_, err := p.pool.Exec(ctx, sql, args...)
+	return errors.Wrap(err, "pgstore: "+what)
 }
 
 // Apply implements logical.Target: each statement commits on its own.
 func (t *Target) Apply(ctx context.Context, table logical.Table, muts []logical.Mutation) error {
-	return t.apply(ctx, t.pool, table, muts)
+	return t.apply(ctx, poolExec{t.pool}, table, muts)
 }
 
-// Begin implements logical.Target.
+// Begin implements logical.Target. The transaction holds one connection of
+// the pool until it commits or rolls back.
 func (t *Target) Begin(ctx context.Context) (logical.TargetTx, error) {
-	tx, err := t.pool.Begin(ctx)
+	conn, err := t.pool.Acquire(ctx)
 	if err != nil {
 		return nil, errors.Wrap(err, "pgstore: beginning a target transaction")
 	}
-	return &targetTx{target: t, tx: tx}, nil
+	return &targetTx{target: t, conn: conn}, nil
 }
 
-// targetTx is a Target transaction.
+// pipelineBytes is how much SQL and arguments a transaction queues before
+// it sends them to the server.
+const pipelineBytes = 128 << 10
+
+// targetTx is a Target transaction whose statements are pipelined: Apply
+// only queues them (BEGIN first); once pipelineBytes are queued they go to
+// the server in one batch, and the next Apply calls prepare the next
+// batch while the server runs this one. Commit sends what is left with
+// the COMMIT. A small source transaction so costs one round trip, and a
+// large one keeps the caller and the server busy at the same time. The
+// price: a statement's error comes back from a later Apply or from Commit
+// (wrapped with what the statement did); after one, every call returns it
+// and the transaction can only roll back.
 type targetTx struct {
 	target *Target
-	tx     pgx.Tx
+	conn   *pgxpool.Conn // nil once the transaction ended
+
+	queued      pgx.Batch
+	queuedWhat  []string // per queued statement
+	queuedBytes int
+	begun       bool // BEGIN is queued or sent
+
+	inflight     pgx.BatchResults // the batch the server is running
+	inflightWhat []string
+
+	err error // the first failure
+}
+
+// exec implements execer by queueing the statement.
+func (x *targetTx) exec(ctx context.Context, what, sql string, args ...any) error {
+	if x.conn == nil {
+		return errors.New("pgstore: the target transaction has ended")
+	}
+	if x.err != nil {
+		return x.err
+	}
+	x.queue("beginning the target transaction", "BEGIN")
+	x.queue(what, sql, args...)
+	if x.queuedBytes >= pipelineBytes {
+		return x.send(ctx)
+	}
+	return nil
+}
+
+// queue adds a statement to the next batch; BEGIN only once.
+func (x *targetTx) queue(what, sql string, args ...any) {
+	if sql == "BEGIN" {
+		if x.begun {
+			return
+		}
+		x.begun = true
+	}
+	x.queued.Queue(sql, args...)
+	x.queuedWhat = append(x.queuedWhat, what)
+	x.queuedBytes += len(sql)
+	for _, a := range args {
+		if s, ok := a.(string); ok {
+			x.queuedBytes += len(s)
+		}
+	}
+}
+
+// send waits for the batch in flight and sends the queued one.
+func (x *targetTx) send(ctx context.Context) error {
+	if err := x.collect(); err != nil {
+		return err
+	}
+	if x.queued.Len() == 0 {
+		return nil
+	}
+	batch := x.queued
+	x.inflightWhat = x.queuedWhat
+	x.queued, x.queuedWhat, x.queuedBytes = pgx.Batch{}, nil, 0
+	x.inflight = x.conn.SendBatch(ctx, &batch)
+	return nil
+}
+
+// collect waits for the batch in flight and returns the transaction's
+// first error.
+func (x *targetTx) collect() error {
+	if x.inflight == nil {
+		return x.err
+	}
+	br, whats := x.inflight, x.inflightWhat
+	x.inflight, x.inflightWhat = nil, nil
+	var err error
+	for _, what := range whats {
+		if _, e := br.Exec(); e != nil {
+			err = errors.Wrap(e, "pgstore: "+what)
+			break
+		}
+	}
+	if e := br.Close(); e != nil && err == nil {
+		err = errors.Wrap(e, "pgstore: running the target transaction")
+	}
+	if err != nil && x.err == nil {
+		x.err = err
+	}
+	return x.err
 }
 
 // Apply implements logical.TargetTx.
 func (x *targetTx) Apply(ctx context.Context, table logical.Table, muts []logical.Mutation) error {
-	return x.target.apply(ctx, x.tx, table, muts)
+	return x.target.apply(ctx, x, table, muts)
 }
 
-// Commit implements logical.TargetTx.
+// Commit implements logical.TargetTx. On an error the transaction is
+// rolled back.
 func (x *targetTx) Commit(ctx context.Context) error {
-	return errors.Wrap(x.tx.Commit(ctx), "pgstore: committing the target transaction")
+	if x.conn == nil {
+		return errors.New("pgstore: the target transaction has ended")
+	}
+	if x.err == nil {
+		x.queue("beginning the target transaction", "BEGIN")
+		x.queue("committing the target transaction", "COMMIT")
+		if err := x.send(ctx); err == nil {
+			_ = x.collect()
+		}
+	}
+	if x.err != nil {
+		x.end(ctx)
+		return x.err
+	}
+	x.end(ctx)
+	return nil
 }
 
-// Rollback implements logical.TargetTx.
+// Rollback implements logical.TargetTx; after Commit it does nothing.
 func (x *targetTx) Rollback(ctx context.Context) error {
-	err := x.tx.Rollback(ctx)
-	if errors.Is(err, pgx.ErrTxClosed) {
+	if x.conn == nil {
 		return nil
 	}
-	return errors.Wrap(err, "pgstore: rolling back the target transaction")
+	x.end(ctx)
+	return nil
+}
+
+// end waits for the batch in flight, rolls back whatever is still open
+// and gives the connection back (the pool closes it if that failed).
+func (x *targetTx) end(ctx context.Context) {
+	_ = x.collect()
+	if x.conn.Conn().PgConn().TxStatus() != 'I' && !x.conn.Conn().IsClosed() {
+		_, _ = x.conn.Exec(ctx, "ROLLBACK")
+	}
+	x.conn.Release()
+	x.conn = nil
+	x.queued, x.queuedWhat, x.queuedBytes = pgx.Batch{}, nil, 0
 }
 
 // apply writes muts through q, splitting them at truncates.
@@ -138,8 +272,8 @@ func (t *Target) apply(ctx context.Context, q execer, table logical.Table, muts 
 		if err := t.applySegment(ctx, q, info, muts[start:i]); err != nil {
 			return err
 		}
-		if _, err := q.Exec(ctx, "DELETE FROM "+info.ident); err != nil {
-			return errors.Wrapf(err, "pgstore: truncating %s", table)
+		if err := q.exec(ctx, "truncating "+table.String(), "DELETE FROM "+info.ident); err != nil {
+			return err
 		}
 		start = i + 1
 	}
@@ -252,11 +386,136 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 
 // decodeRow parses a row image.
 func decodeRow(table logical.Table, data json.RawMessage) (map[string]json.RawMessage, error) {
+	if row, ok := decodeFlatRow(data); ok {
+		return row, nil
+	}
 	var row map[string]json.RawMessage
 	if err := json.Unmarshal(data, &row); err != nil {
 		return nil, errors.Errorf("pgstore: table %s: row data is not a JSON object", table)
 	}
 	return row, nil
+}
+
+// decodeFlatRow is the fast path of decodeRow for the common row image: a
+// JSON object whose keys are strings without escapes and whose values are
+// strings or null. It reports false for anything else (including invalid
+// JSON), which decodeRow then hands to encoding/json. The values alias
+// data.
+func decodeFlatRow(data []byte) (map[string]json.RawMessage, bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return nil, false
+	}
+	row := make(map[string]json.RawMessage, 8)
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		return row, skipSpace(data, i+1) == len(data)
+	}
+	for {
+		// A key: a string without escapes.
+		if i >= len(data) || data[i] != '"' {
+			return nil, false
+		}
+		end, escaped, ok := scanString(data, i)
+		if !ok || escaped {
+			return nil, false
+		}
+		key := string(data[i+1 : end-1])
+		i = skipSpace(data, end)
+		if i >= len(data) || data[i] != ':' {
+			return nil, false
+		}
+		i = skipSpace(data, i+1)
+		// A value: a string or null.
+		start := i
+		switch {
+		case i < len(data) && data[i] == '"':
+			if end, _, ok = scanString(data, i); !ok {
+				return nil, false
+			}
+		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
+			end = i + 4
+		default:
+			return nil, false
+		}
+		row[key] = json.RawMessage(data[start:end:end])
+		i = skipSpace(data, end)
+		if i >= len(data) {
+			return nil, false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case '}':
+			return row, skipSpace(data, i+1) == len(data)
+		default:
+			return nil, false
+		}
+	}
+}
+
+// skipSpace returns the index of the first byte at or after i that is not
+// JSON whitespace.
+func skipSpace(data []byte, i int) int {
+	for i < len(data) {
+		switch data[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// scanString checks the JSON string that starts at data[i] (a quote) and
+// returns the index after its closing quote and whether it has escapes. It
+// reports false for a string that is unterminated, contains a control
+// character or a malformed escape, or is not valid UTF-8.
+func scanString(data []byte, i int) (end int, escaped, ok bool) {
+	for i++; i < len(data); {
+		c := data[i]
+		switch {
+		case c == '"':
+			return i + 1, escaped, true
+		case c < 0x20:
+			return 0, false, false
+		case c == '\\':
+			escaped = true
+			if i+1 >= len(data) {
+				return 0, false, false
+			}
+			switch data[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(data) {
+					return 0, false, false
+				}
+				for _, h := range data[i+2 : i+6] {
+					if !isHex(h) {
+						return 0, false, false
+					}
+				}
+				i += 6
+			default:
+				return 0, false, false
+			}
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(data[i:])
+			if r == utf8.RuneError && size == 1 {
+				return 0, false, false
+			}
+			i += size
+		}
+	}
+	return 0, false, false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // keyValues returns the primary-key values of a mutation as a compact JSON
@@ -299,6 +558,11 @@ func keyValues(info *tableInfo, m *logical.Mutation, row map[string]json.RawMess
 		if n > 0 {
 			buf.WriteByte(',')
 		}
+		if len(v) > 0 && v[0] == '"' {
+			// A valid JSON string is compact already.
+			buf.Write(v)
+			continue
+		}
 		if err := json.Compact(&buf, v); err != nil {
 			return nil, errors.Errorf("pgstore: table %s: a key value is not JSON", info.table)
 		}
@@ -307,13 +571,14 @@ func keyValues(info *tableInfo, m *logical.Mutation, row map[string]json.RawMess
 	return buf.Bytes(), nil
 }
 
-// signature returns the indexes of the columns present in row, in column
-// order, as a string. An unknown column makes it read the catalog again
-// (the table may have changed); if the column is still unknown, that is an
-// error naming it. info may be replaced by a fresher one.
+// signature returns the set of columns present in row as a bitmap over
+// the column indexes, in a string. An unknown column makes it read the
+// catalog again (the table may have changed); if the column is still
+// unknown, that is an error naming it. info may be replaced by a fresher
+// one.
 func (t *Target) signature(ctx context.Context, info **tableInfo, row map[string]json.RawMessage) (string, error) {
 	for refreshed := false; ; refreshed = true {
-		idx := make([]int, 0, len(row))
+		bits := make([]byte, (len((*info).cols)+7)/8)
 		var unknown string
 		for col := range row {
 			i, ok := (*info).byName[col]
@@ -321,16 +586,10 @@ func (t *Target) signature(ctx context.Context, info **tableInfo, row map[string
 				unknown = col
 				break
 			}
-			idx = append(idx, i)
+			bits[i/8] |= 1 << (i % 8)
 		}
 		if unknown == "" {
-			slices.Sort(idx)
-			var sb strings.Builder
-			for _, i := range idx {
-				sb.WriteString(strconv.Itoa(i))
-				sb.WriteByte(',')
-			}
-			return sb.String(), nil
+			return string(bits), nil
 		}
 		if refreshed {
 			return "", errors.Errorf("pgstore: table %s has no column %q", (*info).table, unknown)
@@ -344,25 +603,25 @@ func (t *Target) signature(ctx context.Context, info **tableInfo, row map[string
 }
 
 // upsert writes rows that all have the columns of sig in one statement.
+// The rows go to the server as one JSON array of arrays, each holding the
+// values of sig's columns in column order.
 func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []map[string]json.RawMessage) error {
 	var cols []int
-	for _, s := range strings.Split(strings.TrimSuffix(sig, ","), ",") {
-		if s == "" {
-			continue
+	for i := range info.cols {
+		if i/8 < len(sig) && sig[i/8]&(1<<(i%8)) != 0 {
+			cols = append(cols, i)
 		}
-		i, _ := strconv.Atoi(s)
-		cols = append(cols, i)
 	}
 	if len(cols) == 0 {
 		return errors.Errorf("pgstore: table %s: a row has no columns", info.table)
 	}
 	var names, values, sets []string
 	present := make(map[int]bool, len(cols))
-	for _, i := range cols {
+	for n, i := range cols {
 		c := info.cols[i]
 		present[i] = true
 		names = append(names, Ident(c.name))
-		values = append(values, "CAST(r.v->>"+quoteLiteral(c.name)+" AS "+c.typ+")")
+		values = append(values, "CAST(r.v->>"+strconv.Itoa(n)+" AS "+c.typ+")")
 		if !c.pk {
 			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
 		}
@@ -386,14 +645,36 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			sb.WriteString(" DO UPDATE SET " + strings.Join(sets, ", "))
 		}
 	}
-	buf, err := json.Marshal(rows)
-	if err != nil {
-		return errors.Wrapf(err, "pgstore: table %s: encoding rows", info.table)
+	// The values are JSON already (decodeRow checked them), so the array
+	// is put together without encoding/json.
+	size := 2
+	for _, row := range rows {
+		size += 3 + len(cols)
+		for _, v := range row {
+			size += len(v)
+		}
 	}
-	if _, err := q.Exec(ctx, sb.String(), string(buf)); err != nil {
-		return errors.Wrapf(err, "pgstore: upserting %d rows into %s", len(rows), info.table)
+	buf := make([]byte, 0, size)
+	buf = append(buf, '[')
+	for r, row := range rows {
+		if r > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, '[')
+		for n, i := range cols {
+			if n > 0 {
+				buf = append(buf, ',')
+			}
+			v := row[info.cols[i].name]
+			if len(v) == 0 {
+				v = json.RawMessage("null")
+			}
+			buf = append(buf, v...)
+		}
+		buf = append(buf, ']')
 	}
-	return nil
+	buf = append(buf, ']')
+	return q.exec(ctx, fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), sb.String(), string(buf))
 }
 
 // deleteKeys deletes the rows with the given primary keys in one
@@ -410,10 +691,7 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	if err != nil {
 		return errors.Wrapf(err, "pgstore: table %s: encoding keys", info.table)
 	}
-	if _, err := q.Exec(ctx, sql, string(buf)); err != nil {
-		return errors.Wrapf(err, "pgstore: deleting %d rows from %s", len(keys), info.table)
-	}
-	return nil
+	return q.exec(ctx, fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), sql, string(buf))
 }
 
 // quoteLiteral quotes s as an SQL string literal.
