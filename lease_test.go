@@ -300,7 +300,8 @@ func (d *holderDialect) Acquire(ctx context.Context) (logical.Lease, error) {
 }
 
 // monotonicMemo records stored points that move backwards, and signals
-// Puts (several Puts may share one signal).
+// Puts (several Puts may share one signal). Like a database, it refuses a
+// write whose context is cancelled, checking as it writes.
 type monotonicMemo struct {
 	logical.MemoryMemo
 	mu    sync.Mutex
@@ -310,19 +311,30 @@ type monotonicMemo struct {
 	count int
 }
 
+func (m *monotonicMemo) Get(ctx context.Context, key string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.MemoryMemo.Get(ctx, key)
+}
+
 func (m *monotonicMemo) Put(ctx context.Context, key string, value []byte) error {
 	var s logicaltest.Stamp
 	if err := json.Unmarshal(value, &s); err != nil {
 		return err
 	}
 	m.mu.Lock()
+	if err := ctx.Err(); err != nil {
+		m.mu.Unlock()
+		return errors.WithStack(err)
+	}
 	if s.Seq < m.last {
 		m.back = append(m.back, fmt.Sprintf("%d -> %d", m.last, s.Seq))
 	}
 	m.last = s.Seq
 	m.count++
+	err := m.MemoryMemo.Put(ctx, key, value)
 	m.mu.Unlock()
-	if err := m.MemoryMemo.Put(ctx, key, value); err != nil {
+	if err != nil {
 		return err
 	}
 	select {

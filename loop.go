@@ -569,8 +569,11 @@ func (l *Loop) watchMode(iter *stopper.Context, m mode, done <-chan struct{}, lo
 	}
 }
 
-// setConsistentPoint persists cp and then publishes it.
-func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp) error {
+// setConsistentPoint persists cp and then publishes it. iter is the
+// iteration the call comes from: once it is cancelled (a lost lease, the
+// end of the grace period) the point is refused, so that a late call
+// cannot persist a point behind one a new lease holder stored meanwhile.
+func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp, iter context.Context) error {
 	if cp == nil {
 		return errors.Errorf("logical: loop %q: SetConsistentPoint with a nil stamp", l.name)
 	}
@@ -587,7 +590,21 @@ func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp) error {
 	if err != nil {
 		return errors.Wrapf(err, "logical: loop %q: encoding the consistent point", l.name)
 	}
-	if err := l.factory.cfg.Memo.Put(ctx, l.name, buf); err != nil {
+	if err := iter.Err(); err != nil {
+		return errors.Wrapf(err, "logical: loop %q: SetConsistentPoint %s after the iteration was cancelled", l.name, stampString(cp))
+	}
+	// Put runs under the iteration, whose cancellation by a lost lease is
+	// synchronous, so a Memo that checks its context as it writes never
+	// stores a point after the lease moved on; the caller's ctx (a
+	// timeout, say) is honoured too.
+	putCtx := context.Context(iter)
+	if ctx.Done() != iter.Done() {
+		merged, cancel := context.WithCancel(iter)
+		defer cancel()
+		defer context.AfterFunc(ctx, cancel)()
+		putCtx = merged
+	}
+	if err := l.factory.cfg.Memo.Put(putCtx, l.name, buf); err != nil {
 		return errors.Wrapf(err, "logical: loop %q: persisting the consistent point", l.name)
 	}
 	// Stats first, so that whoever wakes up on the new point reads stats
@@ -643,7 +660,7 @@ func (s *iterState) GetConsistentPoint() (Stamp, <-chan struct{}) { return s.loo
 func (s *iterState) GetTargetDB() string                          { return s.loop.cfg.TargetSchema }
 func (s *iterState) Stopping() <-chan struct{}                    { return s.stop.Stopping() }
 func (s *iterState) SetConsistentPoint(ctx context.Context, cp Stamp) error {
-	return s.loop.setConsistentPoint(ctx, cp)
+	return s.loop.setConsistentPoint(ctx, cp, s.stop)
 }
 
 // events is the Events of one iteration.
