@@ -496,7 +496,7 @@ func (l *Loop) source(
 		if !retry {
 			return false, err
 		}
-		l.stats.sourceRestart(err)
+		l.stats.sourceRestart(errors.Wrapf(err, "logical: loop %q: source", l.name))
 		if !l.deliverRollback(iter, ch) {
 			if iter.IsStopping() || iter.Err() != nil {
 				return false, nil

@@ -53,10 +53,15 @@ func (m *MemoryMemo) Get(_ context.Context, key string) ([]byte, error) {
 	return bytes.Clone(v), nil
 }
 
-// Put implements Memo. It keeps a copy of value.
-func (m *MemoryMemo) Put(_ context.Context, key string, value []byte) error {
+// Put implements Memo. It keeps a copy of value. Like a database, it
+// refuses a write whose context is already done, so a loop that lost its
+// lease cannot store a point late.
+func (m *MemoryMemo) Put(ctx context.Context, key string, value []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return errors.WithStack(err)
+	}
 	if m.data == nil {
 		m.data = make(map[string][]byte)
 	}
