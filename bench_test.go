@@ -61,9 +61,47 @@ func benchLogger() logrus.FieldLogger {
 	return l
 }
 
-// reportRate reports msgs/s over the benchmark's elapsed time.
-func reportRate(b *testing.B, start time.Time) {
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+// meter measures a benchmark's elapsed time and the process's CPU time.
+type meter struct {
+	start time.Time
+	cpu   time.Duration
+}
+
+func startMeter() meter { return meter{start: time.Now(), cpu: cpuTime()} }
+
+// report reports msgs/s over the elapsed time and, where the CPU time is
+// known, the CPU time per message (user and system, all goroutines): on a
+// shared machine the CPU cost is steadier than the rate.
+func (m meter) report(b *testing.B) {
+	b.ReportMetric(float64(b.N)/time.Since(m.start).Seconds(), "msgs/s")
+	if m.cpu > 0 {
+		b.ReportMetric(float64(cpuTime()-m.cpu)/float64(b.N), "cpu-ns/msg")
+	}
+}
+
+// cpuTime returns the user plus system time of the process from
+// /proc/self/stat (in clock ticks of 10ms), or 0 where that does not exist.
+func cpuTime() time.Duration {
+	buf, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name, in parentheses, may hold spaces; fields count
+	// from after it: state is field 3, utime 14 and stime 15.
+	_, rest, ok := strings.Cut(string(buf), ") ")
+	if !ok {
+		return 0
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64)
+	stime, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // runGenerator runs b.N generator messages through a loop end to end:
@@ -79,7 +117,7 @@ func runGenerator(b *testing.B, cfg *logical.Config, perCommit int) {
 	b.ReportAllocs()
 	runtime.GC()
 	b.ResetTimer()
-	start := time.Now()
+	m := startMeter()
 	l, err := logical.Start(context.Background(), cfg, &logical.LoopConfig{
 		Dialect: gen, LoopName: "bench", TargetSchema: "s",
 	})
@@ -89,7 +127,7 @@ func runGenerator(b *testing.B, cfg *logical.Config, perCommit int) {
 	waitPoint(b, l, b.N-1)
 	l.Stop(time.Second)
 	<-l.Stopped()
-	reportRate(b, start)
+	m.report(b)
 	b.StopTimer()
 	if got := gen.Seen(); got != b.N {
 		b.Fatalf("generator saw %d distinct messages, want %d", got, b.N)
@@ -180,7 +218,7 @@ func runBaseline(b *testing.B, target *nopTarget, every int, parallel bool) {
 	}
 	runtime.GC()
 	b.ResetTimer()
-	start := time.Now()
+	meter := startMeter()
 	ch := make(chan logical.Message, 32)
 	go func() {
 		for i := range b.N {
@@ -222,7 +260,7 @@ func runBaseline(b *testing.B, target *nopTarget, every int, parallel bool) {
 			memoMu.Unlock()
 		}
 	}
-	reportRate(b, start)
+	meter.report(b)
 }
 
 // BenchmarkFanSlow runs the generator in immediate mode against a target
@@ -339,7 +377,7 @@ func runMemory(b *testing.B, memLimit bool) {
 		}
 	}()
 	b.ResetTimer()
-	start := time.Now()
+	m := startMeter()
 	l, err := logical.Start(context.Background(), cfg, &logical.LoopConfig{
 		Dialect: gen, LoopName: "bench", TargetSchema: "s",
 	})
@@ -349,7 +387,7 @@ func runMemory(b *testing.B, memLimit bool) {
 	waitPoint(b, l, b.N-1)
 	l.Stop(time.Second)
 	<-l.Stopped()
-	reportRate(b, start)
+	m.report(b)
 	close(stop)
 	<-sampled
 	const mib = 1 << 20

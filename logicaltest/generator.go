@@ -91,6 +91,16 @@ func (g *Generator) BackfillInto(ctx context.Context, ch chan<- logical.Message,
 	return g.emit(ctx, ch, state)
 }
 
+// isClosed reports whether ch (nil: never) is closed, without blocking.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 func stopping(state logical.State) bool {
 	select {
 	case <-state.Stopping():
@@ -103,16 +113,31 @@ func stopping(state logical.State) bool {
 // emit sends the messages after the consistent point.
 func (g *Generator) emit(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
 	cp, _ := state.GetConsistentPoint()
+	stopping, done := state.Stopping(), ctx.Done()
 	for i := cp.(*Stamp).Seq + 1; i < g.N; i++ {
 		t := g.Base.Add(time.Duration(i) * g.Step)
 		if g.Base.IsZero() {
 			t = time.Now()
 		}
-		select {
-		case ch <- Message{Seq: i, Time: t}:
-		case <-state.Stopping():
+		if isClosed(stopping) {
 			return nil
-		case <-ctx.Done():
+		}
+		if isClosed(done) {
+			return ctx.Err()
+		}
+		msg := Message{Seq: i, Time: t}
+		// Try the send alone first: a select over three channels locks all
+		// of them, which costs more than the rest of a message here.
+		select {
+		case ch <- msg:
+			continue
+		default:
+		}
+		select {
+		case ch <- msg:
+		case <-stopping:
+			return nil
+		case <-done:
 			return ctx.Err()
 		}
 	}
@@ -160,15 +185,27 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 		pending = 0
 		return nil
 	}
+	stopping, ctxDone := events.Stopping(), ctx.Done()
 	for {
 		var msg logical.Message
 		var ok bool
+		if isClosed(stopping) {
+			return fail(nil)
+		}
+		if isClosed(ctxDone) {
+			return fail(ctx.Err())
+		}
+		// Try the receive alone first, as in emit.
 		select {
 		case msg, ok = <-ch:
-		case <-events.Stopping():
-			return fail(nil)
-		case <-ctx.Done():
-			return fail(ctx.Err())
+		default:
+			select {
+			case msg, ok = <-ch:
+			case <-stopping:
+				return fail(nil)
+			case <-ctxDone:
+				return fail(ctx.Err())
+			}
 		}
 		if !ok {
 			if batch != nil {

@@ -124,11 +124,11 @@ func main() {
 		os.Exit(1)
 	}
 	w := os.Stdout
-	fmt.Fprintf(w, "| %-34s | %10s | %10s | %-6s | %-20s | %-7s | %-9s | %-13s |\n",
-		"case", "loop", "baseline", "ratio", "per run", "goal", "original", "allocs/msg")
-	fmt.Fprintf(w, "|%s|%s:|%s:|%s|%s|%s|%s|%s|\n",
-		strings.Repeat("-", 36), strings.Repeat("-", 11), strings.Repeat("-", 11), strings.Repeat("-", 8),
-		strings.Repeat("-", 22), strings.Repeat("-", 9), strings.Repeat("-", 11), strings.Repeat("-", 15))
+	fmt.Fprintf(w, "| %-34s | %10s | %10s | %-7s | %-16s | %-7s | %-9s | %-9s | %-11s |\n",
+		"case", "loop", "baseline", "ratio", "per run", "goal", "original", "cpu ratio", "allocs/msg")
+	fmt.Fprintf(w, "|%s|%s:|%s:|%s|%s|%s|%s|%s|%s|\n",
+		strings.Repeat("-", 36), strings.Repeat("-", 11), strings.Repeat("-", 11), strings.Repeat("-", 9),
+		strings.Repeat("-", 18), strings.Repeat("-", 9), strings.Repeat("-", 11), strings.Repeat("-", 11), strings.Repeat("-", 13))
 	for _, c := range comparisons {
 		loop, base := rs.metric(c.loop, c.unit), rs.metric(c.base, c.unit)
 		if len(loop) == 0 || len(base) == 0 {
@@ -155,11 +155,16 @@ func main() {
 		if c.unit == "puts/s" {
 			per = nil
 		}
-		fmt.Fprintf(w, "| %-34s | %10s | %10s | %-6s | %-20s | %-7s | %-9s | %-13s |\n",
+		cpu := ""
+		if lc, bc := rs.metric(c.loop, "cpu-ns/msg"), rs.metric(c.base, "cpu-ns/msg"); len(lc) > 0 && len(bc) > 0 && median(lc) > 0 {
+			cpu = fmt.Sprintf("%.3f", median(bc)/median(lc))
+		}
+		fmt.Fprintf(w, "| %-34s | %10s | %10s | %-7s | %-16s | %-7s | %-9s | %-9s | %-11s |\n",
 			c.what, fmtRate(median(loop))+"/s", fmtRate(median(base))+"/s", fmt.Sprintf(prec, ratio),
-			strings.Join(per, " "), c.goal, c.original, allocs)
+			strings.Join(per, " "), c.goal, c.original, cpu, allocs)
 	}
-	fmt.Fprintln(w, "\nratio: median over the runs of loop/baseline measured in the same run; loop and baseline columns: median rates")
+	fmt.Fprintln(w, "\nratio: median over the runs of loop/baseline rates measured in the same run; loop, baseline: median rates;")
+	fmt.Fprintln(w, "cpu ratio: baseline CPU time per message / loop CPU time per message (medians), steadier under load")
 	for _, gc := range []string{"default", "memlimit"} {
 		name := "Memory/gc=" + gc
 		heap := rs.metric(name, "peak-heap-MiB")

@@ -22,13 +22,19 @@ import (
 	"github.com/pkg/errors"
 )
 
-// slowApply is the average apply duration above which waiting goroutines
-// wake workers rather than applying everything themselves.
+// slowApply is the apply duration above which waiting goroutines wake
+// workers rather than applying everything themselves.
 const slowApply = 20 * time.Microsecond
 
-// sampleEvery is how often the duration of a fast apply is measured; slow
-// applies (average above slowApply) are always measured. Reading the clock
-// twice per apply costs more than a no-op apply itself.
+// recentApplies is how many measured applies decide whether applies are
+// slow: all of them must have taken more than slowApply. A single apply
+// that was descheduled on a busy machine then does not make a fast target
+// look slow (waking workers for fast applies costs more than it saves).
+const recentApplies = 4
+
+// sampleEvery is how often the duration of a fast apply is measured; while
+// applies are slow, or the last measured one was, every apply is measured.
+// Reading the clock twice per apply costs more than a no-op apply itself.
 const sampleEvery = 8
 
 // maxFree bounds the emptied chunk slices kept for reuse, per worker (a
@@ -69,17 +75,22 @@ type Queue[T comparable, M any] struct {
 	cfg Config[T, M]
 	ctx context.Context
 
-	mu      sync.Mutex
-	work    sync.Cond // signals idle workers
-	tables  map[T][]*lane[T, M]
-	ready   []*lane[T, M] // lanes with queued chunks and no runner
-	bytes   int64         // bytes pending or queued, not yet applied
-	changed chan struct{} // closed when a chunk completes; made lazily
-	idle    int           // workers waiting on work
-	closed  bool
-	avg     time.Duration // moving average of apply durations
-	applies uint64        // Apply calls so far, to sample their duration
-	free    [][]M         // emptied chunk slices, for reuse
+	mu        sync.Mutex
+	work      sync.Cond // signals idle workers
+	tables    map[T][]*lane[T, M]
+	ready     []*lane[T, M] // lanes with queued chunks and no runner
+	bytes     int64         // bytes pending or queued, not yet applied
+	changed   chan struct{} // closed when a chunk completes; made lazily
+	idle      int           // workers waiting on work
+	closed    bool
+	took      [recentApplies]time.Duration // the last measured apply durations
+	tookNext  int                          // where the next one goes in took
+	lastSlow  bool                         // the last measured apply was slow
+	slow      bool                         // all of took are slow
+	applies   uint64                       // Apply calls so far, to sample their duration
+	free      [][]M                        // emptied chunk slices, for reuse
+	recent    [][]*lane[T, M]              // lanes of recently used tables, in recentBuf
+	recentBuf [8][]*lane[T, M]
 
 	wg sync.WaitGroup
 }
@@ -109,6 +120,7 @@ func New[T comparable, M any](ctx context.Context, cfg Config[T, M]) *Queue[T, M
 		cfg.Chunk = 1
 	}
 	q := &Queue[T, M]{cfg: cfg, ctx: ctx, tables: make(map[T][]*lane[T, M])}
+	q.recent = q.recentBuf[:0]
 	q.work.L = &q.mu
 	q.wg.Add(cfg.Workers)
 	for range cfg.Workers {
@@ -160,7 +172,7 @@ func (q *Queue[T, M]) Begin() *Batch[T, M] {
 // is used by one goroutine at a time.
 type Batch[T comparable, M any] struct {
 	q           *Queue[T, M]
-	outstanding int // chunks queued or being applied
+	outstanding int           // chunks queued or being applied
 	lanes       []*lane[T, M] // lanes that held pending items of the batch
 	lanesBuf    [8]*lane[T, M]
 	err         error
@@ -197,16 +209,13 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 	if b.err != nil {
 		return b.err
 	}
-	lanes := q.tables[table]
-	if lanes == nil {
-		lanes = make([]*lane[T, M], q.cfg.Workers)
-		for i := range lanes {
-			lanes[i] = &lane[T, M]{table: table}
-		}
-		q.tables[table] = lanes
-	}
+	lanes := q.lanesLocked(table)
 	n := uint64(len(lanes))
 	for i := range items {
+		itemSize := size // one item: its size is known
+		if len(items) > 1 {
+			itemSize = q.cfg.Size(items[i])
+		}
 		ln := lanes[q.cfg.Hash(items[i])%n]
 		if len(ln.pending) > 0 && ln.pendingBatch != b {
 			q.handOverLocked(ln)
@@ -220,7 +229,7 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 			ln.pending = q.growLocked(ln.pending)
 		}
 		ln.pending = append(ln.pending, items[i])
-		ln.pendingBytes += q.cfg.Size(items[i])
+		ln.pendingBytes += itemSize
 		if len(ln.pending) >= q.cfg.Chunk {
 			q.handOverLocked(ln)
 			q.wakeLocked(1)
@@ -228,6 +237,32 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 	}
 	q.bytes += int64(size)
 	return nil
+}
+
+// lanesLocked returns the lanes of table, making them on first use. A few
+// recent tables are looked up in a small list first: comparing a table
+// with itself is cheaper than hashing it for the map.
+func (q *Queue[T, M]) lanesLocked(table T) []*lane[T, M] {
+	for _, lanes := range q.recent {
+		if lanes[0].table == table {
+			return lanes
+		}
+	}
+	lanes := q.tables[table]
+	if lanes == nil {
+		lanes = make([]*lane[T, M], q.cfg.Workers)
+		for i := range lanes {
+			lanes[i] = &lane[T, M]{table: table}
+		}
+		q.tables[table] = lanes
+	}
+	if len(q.recent) < len(q.recentBuf) {
+		q.recent = append(q.recent, lanes)
+	} else {
+		copy(q.recent[1:], q.recent[:len(q.recent)-1])
+		q.recent[0] = lanes
+	}
+	return lanes
 }
 
 // Flush waits until everything added so far is applied, and returns the
@@ -294,7 +329,7 @@ func (b *Batch[T, M]) drainLocked(ctx context.Context) error {
 	}
 	b.lanes = b.lanes[:0]
 	for b.outstanding > 0 {
-		if q.avg > slowApply {
+		if q.slow {
 			q.wakeLocked(len(q.ready) - 1)
 		}
 		if err := q.progressLocked(ctx); err != nil {
@@ -356,6 +391,20 @@ func (q *Queue[T, M]) handOverAllLocked() {
 		}
 	}
 	q.wakeLocked(len(q.ready))
+}
+
+// recordLocked notes a measured apply duration.
+func (q *Queue[T, M]) recordLocked(d time.Duration) {
+	q.took[q.tookNext] = d
+	q.tookNext = (q.tookNext + 1) % recentApplies
+	q.lastSlow = d > slowApply
+	q.slow = true
+	for _, t := range q.took {
+		if t <= slowApply {
+			q.slow = false
+			break
+		}
+	}
 }
 
 // getSliceLocked returns an empty slice for a lane's pending items,
@@ -433,7 +482,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			b.err = errors.WithStack(ctx.Err())
 		default:
 			q.applies++
-			timed := q.avg > slowApply || q.applies%sampleEvery == 0
+			timed := q.slow || q.lastSlow || q.applies%sampleEvery == 0
 			q.mu.Unlock()
 			var start time.Time
 			if timed {
@@ -446,7 +495,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			}
 			q.mu.Lock()
 			if timed {
-				q.avg += (took - q.avg) / 8
+				q.recordLocked(took)
 			}
 			if err != nil && b.err == nil {
 				b.err = err
