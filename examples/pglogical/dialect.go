@@ -227,6 +227,11 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	// send hands m to Process, acknowledging on schedule while it waits.
 	// It reports false when the loop is stopping.
 	send := func(m logical.Message) (bool, error) {
+		select { // usually Process is ready: no timer needed
+		case ch <- m:
+			return true, nil
+		default:
+		}
 		for {
 			wait := time.Until(nextAck)
 			if wait <= 0 {
@@ -249,6 +254,11 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 	}
 
+	// One receive context per acknowledgement period, not per message.
+	var recvCtx context.Context
+	var recvDeadline time.Time
+	cancelRecv := func() {}
+	defer func() { cancelRecv() }()
 	for {
 		if !time.Now().Before(nextAck) {
 			if err := ack(); err != nil {
@@ -256,9 +266,12 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			nextAck = time.Now().Add(d.cfg.StandbyTimeout)
 		}
-		recvCtx, cancelRecv := context.WithDeadline(stopCtx, nextAck)
+		if recvCtx == nil || !recvDeadline.Equal(nextAck) {
+			cancelRecv()
+			recvCtx, cancelRecv = withDeadline(stopCtx, nextAck)
+			recvDeadline = nextAck
+		}
 		raw, err := conn.ReceiveMessage(recvCtx)
-		cancelRecv()
 		if err != nil {
 			if stopping() || ctx.Err() != nil {
 				if ctx.Err() == nil {
@@ -322,6 +335,12 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			return nil
 		}
 	}
+}
+
+// withDeadline is context.WithDeadline for a context that outlives one
+// loop iteration (its cancel is deferred by the caller).
+func withDeadline(parent context.Context, d time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(parent, d)
 }
 
 // connect opens a replication connection to the source. Errors never

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/logical-go/logical"
@@ -80,6 +81,8 @@ type relation struct {
 	name    string
 	columns []string
 	key     []int // indexes of the key columns; all columns if none
+
+	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
 }
 
 // processor is the state of one Process call, used by its goroutine only.
@@ -240,26 +243,30 @@ func rowJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
 	if len(t.Columns) != len(rel.columns) {
 		return nil, errors.Errorf("pglogical: %s: row has %d columns, the relation %d", rel.source, len(t.Columns), len(rel.columns))
 	}
-	var buf bytes.Buffer
-	buf.WriteByte('{')
+	names := rel.quotedNames()
+	size := 2
+	for i, c := range t.Columns {
+		size += len(names[i]) + len(c.Data) + 8
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, '{')
 	first := true
+	var err error
 	for i, c := range t.Columns {
 		if c.DataType == pglogrepl.TupleDataTypeToast {
 			continue
 		}
 		if !first {
-			buf.WriteByte(',')
+			buf = append(buf, ',')
 		}
 		first = false
-		name, _ := json.Marshal(rel.columns[i])
-		buf.Write(name)
-		buf.WriteByte(':')
-		if err := valueJSON(&buf, rel, i, c); err != nil {
+		buf = append(buf, names[i]...)
+		if buf, err = appendValue(buf, rel, i, c); err != nil {
 			return nil, err
 		}
 	}
-	buf.WriteByte('}')
-	return buf.Bytes(), nil
+	buf = append(buf, '}')
+	return buf, nil
 }
 
 // keyJSON encodes the key columns of a tuple as a JSON array.
@@ -267,40 +274,97 @@ func keyJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
 	if len(t.Columns) != len(rel.columns) {
 		return nil, errors.Errorf("pglogical: %s: row has %d columns, the relation %d", rel.source, len(t.Columns), len(rel.columns))
 	}
-	var buf bytes.Buffer
-	buf.WriteByte('[')
+	size := 2
+	for _, i := range rel.key {
+		size += len(t.Columns[i].Data) + 8
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, '[')
+	var err error
 	for n, i := range rel.key {
 		if n > 0 {
-			buf.WriteByte(',')
+			buf = append(buf, ',')
 		}
 		c := t.Columns[i]
 		if c.DataType == pglogrepl.TupleDataTypeToast {
 			return nil, errors.Errorf("pglogical: %s: key column %q was not sent", rel.source, rel.columns[i])
 		}
-		if err := valueJSON(&buf, rel, i, c); err != nil {
+		if buf, err = appendValue(buf, rel, i, c); err != nil {
 			return nil, err
 		}
 	}
-	buf.WriteByte(']')
-	return buf.Bytes(), nil
+	buf = append(buf, ']')
+	return buf, nil
 }
 
-// valueJSON writes one column value: a JSON string of its text form, or
-// null.
-func valueJSON(buf *bytes.Buffer, rel *relation, i int, c *pglogrepl.TupleDataColumn) error {
+// quotedNames returns the relation's column names as JSON strings, each
+// followed by a colon, made once per relation.
+func (rel *relation) quotedNames() [][]byte {
+	if len(rel.quoted) != len(rel.columns) {
+		rel.quoted = make([][]byte, len(rel.columns))
+		for i, name := range rel.columns {
+			rel.quoted[i] = append(appendJSONString(nil, []byte(name)), ':')
+		}
+	}
+	return rel.quoted
+}
+
+// appendValue appends one column value: a JSON string of its text form,
+// or null.
+func appendValue(buf []byte, rel *relation, i int, c *pglogrepl.TupleDataColumn) ([]byte, error) {
 	switch c.DataType {
 	case pglogrepl.TupleDataTypeNull:
-		buf.WriteString("null")
+		return append(buf, "null"...), nil
 	case pglogrepl.TupleDataTypeText:
-		s, err := json.Marshal(string(c.Data))
-		if err != nil {
-			return errors.Wrapf(err, "pglogical: %s: column %q", rel.source, rel.columns[i])
-		}
-		buf.Write(s)
+		return appendJSONString(buf, c.Data), nil
 	default:
-		return errors.Errorf("pglogical: %s: column %q has unsupported format %q", rel.source, rel.columns[i], c.DataType)
+		return nil, errors.Errorf("pglogical: %s: column %q has unsupported format %q", rel.source, rel.columns[i], c.DataType)
 	}
-	return nil
+}
+
+// appendJSONString appends s as a JSON string. Quotes, backslashes and
+// control characters are escaped; invalid UTF-8 becomes U+FFFD, as
+// encoding/json does. Everything else is copied as is.
+func appendJSONString(buf, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			buf = append(buf, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				buf = append(buf, '\\', c)
+			case '\n':
+				buf = append(buf, '\\', 'n')
+			case '\r':
+				buf = append(buf, '\\', 'r')
+			case '\t':
+				buf = append(buf, '\\', 't')
+			default:
+				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		i += size
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
 }
 
 // add queues mutations of rel, handing over what is queued for another

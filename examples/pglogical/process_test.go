@@ -2,6 +2,7 @@ package pglogical
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -56,4 +57,40 @@ func TestNewValidates(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, DefaultStandbyTimeout, d.cfg.PointEvery)
 	assert.NotContains(t, d.String(), "secret")
+}
+
+func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{
+		"", "plain", `quo"te`, `back\slash`, "tab\tnew\nline\rcr", "\x00\x01\x1f\x7f",
+		"<html>&amp;", "ünïcødé ✓ 𝄞", "\u2028\u2029", "bad \xff utf8 \xe2\x82", "trailing \xc3",
+	} {
+		t.Run(s, func(t *testing.T) {
+			got := appendJSONString([]byte("x"), []byte(s))
+			require.Equal(t, byte('x'), got[0], "appends to what is there")
+			got = got[1:]
+			require.True(t, json.Valid(got), "valid JSON: %s", got)
+			want, err := json.Marshal(s)
+			require.NoError(t, err)
+			var gotS, wantS string
+			require.NoError(t, json.Unmarshal(got, &gotS))
+			require.NoError(t, json.Unmarshal(want, &wantS))
+			assert.Equal(t, wantS, gotS, "decodes to what encoding/json's encoding decodes to")
+		})
+	}
+}
+
+func TestRowJSONQuotesColumnNames(t *testing.T) {
+	rel := &relation{source: "public.t", name: "t", columns: []string{`we"ird`, "ok"}, key: []int{1}}
+	tuple := &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+		{DataType: pglogrepl.TupleDataTypeText, Data: []byte("a\"b")},
+		{DataType: pglogrepl.TupleDataTypeText, Data: []byte(`1`)},
+	}}
+	for range 2 { // the second time from the cached names
+		data, err := rowJSON(rel, tuple)
+		require.NoError(t, err)
+		assert.JSONEq(t, `{"we\"ird":"a\"b","ok":"1"}`, string(data))
+	}
+	tuple.Columns[0].DataType = 'b'
+	_, err := rowJSON(rel, tuple)
+	assert.ErrorContains(t, err, `unsupported format`)
 }

@@ -45,7 +45,8 @@ func TestDecodeFlatRow(t *testing.T) {
 	}
 	for _, tc := range tcs {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := decodeFlatRow([]byte(tc.in))
+			got := make(map[string]json.RawMessage)
+			ok := decodeFlatRow([]byte(tc.in), func(k []byte, v json.RawMessage) { got[string(k)] = v })
 			assert.Equal(t, tc.fast, ok)
 			var want map[string]json.RawMessage
 			wantErr := json.Unmarshal([]byte(tc.in), &want)
@@ -54,13 +55,35 @@ func TestDecodeFlatRow(t *testing.T) {
 				assert.Equal(t, want, got)
 			}
 			// decodeRow agrees with encoding/json either way.
-			row, err := decodeRow(logical.Table{Schema: "s", Name: "t"}, json.RawMessage(tc.in))
+			info := &tableInfo{table: logical.Table{Schema: "s", Name: "t"}, byName: map[string]int{}}
+			for name := range want {
+				info.byName[name] = len(info.cols)
+				info.cols = append(info.cols, column{name: name, typ: "text"})
+			}
+			r, err := decodeRow(info, json.RawMessage(tc.in))
 			if wantErr != nil {
 				assert.ErrorContains(t, err, "s.t")
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, want, row)
+			require.Len(t, r, len(info.cols))
+			for i, c := range info.cols {
+				assert.Equal(t, want[c.name], r[i], "column %s", c.name)
+			}
 		})
 	}
+}
+
+func TestDecodeRowUnknownColumn(t *testing.T) {
+	info := &tableInfo{table: logical.Table{Schema: "s", Name: "t"},
+		cols: []column{{name: "a", typ: "text"}}, byName: map[string]int{"a": 0}}
+	for _, in := range []string{`{"a":"1","zz":"2"}`, `{"a":1,"zz":2}`} {
+		_, err := decodeRow(info, json.RawMessage(in))
+		var unknown unknownColumnError
+		require.ErrorAs(t, err, &unknown, in)
+		assert.Equal(t, "zz", unknown.name, in)
+	}
+	r, err := decodeRow(info, json.RawMessage(`{}`))
+	require.NoError(t, err)
+	assert.Equal(t, row{nil}, r, "an absent column is nil")
 }

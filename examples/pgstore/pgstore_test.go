@@ -178,6 +178,23 @@ func TestTargetApply(t *testing.T) {
 		`(4,d,,4,,first)`,
 	}, rows(all))
 
+	t.Run("string values keep quotes, backslashes, NULL and empty strings", func(t *testing.T) {
+		require.NoError(t, target.Apply(ctx, tbl, []logical.Mutation{
+			up(`["10","q\"uo\\te"]`, `{"b":"10","A":"q\"uo\\te","big":"NULL","n":null}`),
+			up(`["11",""]`, `{"b":"11","A":"","big":"{x,\"y\"}","n":"1e2"}`),
+			up(`["12","\u00e9"]`, `{"b":"12","A":"\u00e9","big":"tab\tnew\nline","n":"-0.5"}`),
+		}))
+		got := rows(`SELECT format('%s|%s|%s|%s', b, "A", coalesce(big, '<null>'), coalesce(n::text, '<null>'))
+			FROM "My ""Schema"""."Ta-ble" WHERE b >= 10 ORDER BY b`)
+		assert.Equal(t, []string{
+			`10|q"uo\te|NULL|<null>`,
+			`11||{x,"y"}|100`,
+			"12|\u00e9|tab\tnew\nline|-0.5",
+		}, got)
+		err := target.Apply(ctx, tbl, []logical.Mutation{up(`["13","x"]`, `{"b":"13","A":"x","n":"not a number"}`)})
+		require.ErrorContains(t, err, "Ta-ble", "a value the column's type rejects")
+	})
+
 	t.Run("truncate in order", func(t *testing.T) {
 		require.NoError(t, target.Apply(ctx, tbl, []logical.Mutation{
 			up(`["5","e"]`, `{"b":"5","A":"e"}`),

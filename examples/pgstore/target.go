@@ -283,92 +283,122 @@ func (t *Target) apply(ctx context.Context, q execer, table logical.Table, muts 
 // rowState is the net effect of a segment's mutations on one key.
 type rowState struct {
 	deleted bool
-	key     json.RawMessage
-	data    map[string]json.RawMessage
+	key     string // the compact JSON array of the key values
+	data    row
 }
 
-// applySegment writes mutations that contain no truncate.
+// row is a decoded row image: the JSON value of each column of a
+// tableInfo, by index; nil for a column the image does not have.
+type row []json.RawMessage
+
+// unknownColumnError is a row column that the tableInfo lacks.
+type unknownColumnError struct{ name string }
+
+func (e unknownColumnError) Error() string { return fmt.Sprintf("no column %q", e.name) }
+
+// applySegment writes mutations that contain no truncate. A row with a
+// column the cached catalog information lacks makes it read the catalog
+// again, once (the table may have changed); a column still unknown is an
+// error naming it.
 func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, muts []logical.Mutation) error {
 	if len(muts) == 0 {
 		return nil
 	}
-	var order []string // keys in order of first appearance
-	states := make(map[string]*rowState)
-	var inserts []map[string]json.RawMessage // tables without a primary key
+	err := t.applyRows(ctx, q, info, muts)
+	var unknown unknownColumnError
+	if !errors.As(err, &unknown) {
+		return err
+	}
+	if info, err = t.info(ctx, info.table, true); err != nil {
+		return err
+	}
+	err = t.applyRows(ctx, q, info, muts)
+	if errors.As(err, &unknown) {
+		return errors.Errorf("pgstore: table %s has no column %q", info.table, unknown.name)
+	}
+	return err
+}
+
+// applyRows is applySegment with the catalog information info; it sends
+// nothing if a row has a column info lacks (unknownColumnError).
+func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts []logical.Mutation) error {
+	var order []*rowState // in order of first appearance
+	states := make(map[string]*rowState, len(muts))
+	var inserts []row // tables without a primary key
+	var keyBuf []byte
 	for i := range muts {
 		m := &muts[i]
 		if len(info.pk) == 0 {
 			if m.IsDelete() {
 				return errors.Errorf("pgstore: table %s has no primary key, cannot apply a delete", info.table)
 			}
-			row, err := decodeRow(info.table, m.Data)
+			r, err := decodeRow(info, m.Data)
 			if err != nil {
 				return err
 			}
-			inserts = append(inserts, row)
+			inserts = append(inserts, r)
 			continue
 		}
-		var row map[string]json.RawMessage
+		var r row
 		var err error
 		if !m.IsDelete() {
-			if row, err = decodeRow(info.table, m.Data); err != nil {
+			if r, err = decodeRow(info, m.Data); err != nil {
 				return err
 			}
 		}
-		keyVals, err := keyValues(info, m, row)
-		if err != nil {
+		if keyBuf, err = appendKey(keyBuf[:0], info, m, r); err != nil {
 			return err
 		}
-		key := string(keyVals)
-		st := states[key]
+		st := states[string(keyBuf)]
 		if st == nil {
-			st = &rowState{}
-			states[key] = st
-			order = append(order, key)
+			st = &rowState{key: string(keyBuf)}
+			states[st.key] = st
+			order = append(order, st)
 		}
 		if m.IsDelete() {
-			*st = rowState{deleted: true, key: keyVals}
+			st.deleted, st.data = true, nil
 			continue
 		}
 		if st.data != nil && !st.deleted {
 			// A later image may lack unchanged columns; keep the earlier
 			// values for those.
-			for col, v := range row {
-				st.data[col] = v
+			for c, v := range r {
+				if v != nil {
+					st.data[c] = v
+				}
 			}
 		} else {
-			st.data = row
+			st.data = r
 		}
-		st.deleted, st.key = false, keyVals
+		st.deleted = false
 	}
 
 	var deletes []json.RawMessage
-	groups := make(map[string][]map[string]json.RawMessage)
+	groups := make(map[string][]row)
 	var groupOrder []string
-	for _, key := range order {
-		st := states[key]
+	sig := make([]byte, (len(info.cols)+7)/8)
+	group := func(r row) {
+		clear(sig)
+		for c, v := range r {
+			if v != nil {
+				sig[c/8] |= 1 << (c % 8)
+			}
+		}
+		rows, ok := groups[string(sig)]
+		if !ok {
+			groupOrder = append(groupOrder, string(sig))
+		}
+		groups[string(sig)] = append(rows, r)
+	}
+	for _, st := range order {
 		if st.deleted {
-			deletes = append(deletes, st.key)
+			deletes = append(deletes, json.RawMessage(st.key))
 			continue
 		}
-		sig, err := t.signature(ctx, &info, st.data)
-		if err != nil {
-			return err
-		}
-		if _, ok := groups[sig]; !ok {
-			groupOrder = append(groupOrder, sig)
-		}
-		groups[sig] = append(groups[sig], st.data)
+		group(st.data)
 	}
-	for _, row := range inserts {
-		sig, err := t.signature(ctx, &info, row)
-		if err != nil {
-			return err
-		}
-		if _, ok := groups[sig]; !ok {
-			groupOrder = append(groupOrder, sig)
-		}
-		groups[sig] = append(groups[sig], row)
+	for _, r := range inserts {
+		group(r)
 	}
 
 	if len(deletes) > 0 {
@@ -384,46 +414,70 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 	return nil
 }
 
-// decodeRow parses a row image.
-func decodeRow(table logical.Table, data json.RawMessage) (map[string]json.RawMessage, error) {
-	if row, ok := decodeFlatRow(data); ok {
-		return row, nil
+// decodeRow parses a row image into the columns of info. A column info
+// does not have is an unknownColumnError.
+func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
+	r := make(row, len(info.cols))
+	var unknown []byte
+	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
+		if i, found := info.byName[string(key)]; found {
+			r[i] = v
+		} else if unknown == nil {
+			unknown = key
+		}
+	})
+	if ok {
+		if unknown != nil {
+			return nil, unknownColumnError{string(unknown)}
+		}
+		return r, nil
 	}
-	var row map[string]json.RawMessage
-	if err := json.Unmarshal(data, &row); err != nil {
-		return nil, errors.Errorf("pgstore: table %s: row data is not a JSON object", table)
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, errors.Errorf("pgstore: table %s: row data is not a JSON object", info.table)
 	}
-	return row, nil
+	clear(r)
+	for name, v := range m {
+		i, found := info.byName[name]
+		if !found {
+			return nil, unknownColumnError{name}
+		}
+		if v == nil { // cannot happen for a parsed value, but keep nil = absent
+			v = json.RawMessage("null")
+		}
+		r[i] = v
+	}
+	return r, nil
 }
 
 // decodeFlatRow is the fast path of decodeRow for the common row image: a
 // JSON object whose keys are strings without escapes and whose values are
-// strings or null. It reports false for anything else (including invalid
-// JSON), which decodeRow then hands to encoding/json. The values alias
-// data.
-func decodeFlatRow(data []byte) (map[string]json.RawMessage, bool) {
+// strings or null. It calls set for each member in order (a duplicate key
+// again) and reports false for anything else (including invalid JSON),
+// which decodeRow then hands to encoding/json; set may have been called
+// for some members by then. The keys and values alias data.
+func decodeFlatRow(data []byte, set func(key []byte, v json.RawMessage)) bool {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
-		return nil, false
+		return false
 	}
-	row := make(map[string]json.RawMessage, 8)
 	i = skipSpace(data, i+1)
 	if i < len(data) && data[i] == '}' {
-		return row, skipSpace(data, i+1) == len(data)
+		return skipSpace(data, i+1) == len(data)
 	}
 	for {
 		// A key: a string without escapes.
 		if i >= len(data) || data[i] != '"' {
-			return nil, false
+			return false
 		}
 		end, escaped, ok := scanString(data, i)
 		if !ok || escaped {
-			return nil, false
+			return false
 		}
-		key := string(data[i+1 : end-1])
+		key := data[i+1 : end-1]
 		i = skipSpace(data, end)
 		if i >= len(data) || data[i] != ':' {
-			return nil, false
+			return false
 		}
 		i = skipSpace(data, i+1)
 		// A value: a string or null.
@@ -431,25 +485,25 @@ func decodeFlatRow(data []byte) (map[string]json.RawMessage, bool) {
 		switch {
 		case i < len(data) && data[i] == '"':
 			if end, _, ok = scanString(data, i); !ok {
-				return nil, false
+				return false
 			}
 		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
 			end = i + 4
 		default:
-			return nil, false
+			return false
 		}
-		row[key] = json.RawMessage(data[start:end:end])
+		set(key, json.RawMessage(data[start:end:end]))
 		i = skipSpace(data, end)
 		if i >= len(data) {
-			return nil, false
+			return false
 		}
 		switch data[i] {
 		case ',':
 			i = skipSpace(data, i+1)
 		case '}':
-			return row, skipSpace(data, i+1) == len(data)
+			return skipSpace(data, i+1) == len(data)
 		default:
-			return nil, false
+			return false
 		}
 	}
 }
@@ -518,94 +572,64 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
-// keyValues returns the primary-key values of a mutation as a compact JSON
-// array, in which equal keys are equal strings. An upsert's key comes from
-// its row; a delete's from Mutation.Key, or from Mutation.Before when Key
-// does not match the primary key (a source whose replica identity is the
-// full row).
-func keyValues(info *tableInfo, m *logical.Mutation, row map[string]json.RawMessage) (json.RawMessage, error) {
-	vals := make([]json.RawMessage, len(info.pk))
-	fromRow := func(row map[string]json.RawMessage) bool {
-		for n, i := range info.pk {
-			v, ok := row[info.cols[i].name]
-			if !ok {
-				return false
-			}
-			vals[n] = v
-		}
-		return true
-	}
+// appendKey appends the primary-key values of a mutation to buf as a
+// compact JSON array, in which equal keys are equal strings. An upsert's
+// key comes from its row; a delete's from Mutation.Key, or from
+// Mutation.Before when Key does not match the primary key (a source whose
+// replica identity is the full row).
+func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte, error) {
+	var vals []json.RawMessage
 	switch {
-	case row != nil:
-		if !fromRow(row) {
-			return nil, errors.Errorf("pgstore: table %s: a row lacks a primary-key column", info.table)
+	case r != nil:
+		vals = make([]json.RawMessage, 0, 4)
+		for _, i := range info.pk {
+			if r[i] == nil {
+				return nil, errors.Errorf("pgstore: table %s: a row lacks a primary-key column", info.table)
+			}
+			vals = append(vals, r[i])
 		}
 	default:
 		var parts []json.RawMessage
 		if err := json.Unmarshal(m.Key, &parts); err == nil && len(parts) == len(info.pk) {
-			copy(vals, parts)
+			vals = parts
 			break
 		}
 		var before map[string]json.RawMessage
-		if len(m.Before) == 0 || json.Unmarshal(m.Before, &before) != nil || !fromRow(before) {
+		if len(m.Before) > 0 && json.Unmarshal(m.Before, &before) == nil {
+			for _, i := range info.pk {
+				if v, ok := before[info.cols[i].name]; ok {
+					vals = append(vals, v)
+				}
+			}
+		}
+		if len(vals) != len(info.pk) {
 			return nil, errors.Errorf("pgstore: table %s: a delete's key does not match the primary key's %d columns",
 				info.table, len(info.pk))
 		}
 	}
-	var buf bytes.Buffer
-	buf.WriteByte('[')
+	buf = append(buf, '[')
 	for n, v := range vals {
 		if n > 0 {
-			buf.WriteByte(',')
+			buf = append(buf, ',')
 		}
 		if len(v) > 0 && v[0] == '"' {
 			// A valid JSON string is compact already.
-			buf.Write(v)
+			buf = append(buf, v...)
 			continue
 		}
-		if err := json.Compact(&buf, v); err != nil {
+		var c bytes.Buffer
+		if err := json.Compact(&c, v); err != nil {
 			return nil, errors.Errorf("pgstore: table %s: a key value is not JSON", info.table)
 		}
+		buf = append(buf, c.Bytes()...)
 	}
-	buf.WriteByte(']')
-	return buf.Bytes(), nil
-}
-
-// signature returns the set of columns present in row as a bitmap over
-// the column indexes, in a string. An unknown column makes it read the
-// catalog again (the table may have changed); if the column is still
-// unknown, that is an error naming it. info may be replaced by a fresher
-// one.
-func (t *Target) signature(ctx context.Context, info **tableInfo, row map[string]json.RawMessage) (string, error) {
-	for refreshed := false; ; refreshed = true {
-		bits := make([]byte, (len((*info).cols)+7)/8)
-		var unknown string
-		for col := range row {
-			i, ok := (*info).byName[col]
-			if !ok {
-				unknown = col
-				break
-			}
-			bits[i/8] |= 1 << (i % 8)
-		}
-		if unknown == "" {
-			return string(bits), nil
-		}
-		if refreshed {
-			return "", errors.Errorf("pgstore: table %s has no column %q", (*info).table, unknown)
-		}
-		fresh, err := t.info(ctx, (*info).table, true)
-		if err != nil {
-			return "", err
-		}
-		*info = fresh
-	}
+	return append(buf, ']'), nil
 }
 
 // upsert writes rows that all have the columns of sig in one statement.
 // The rows go to the server as one JSON array of arrays, each holding the
 // values of sig's columns in column order.
-func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []map[string]json.RawMessage) error {
+func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []row) error {
 	var cols []int
 	for i := range info.cols {
 		if i/8 < len(sig) && sig[i/8]&(1<<(i%8)) != 0 {
@@ -615,13 +639,22 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	if len(cols) == 0 {
 		return errors.Errorf("pgstore: table %s: a row has no columns", info.table)
 	}
+	// Rows whose values are all JSON strings or null (every row pgoutput
+	// decodes) go as one text array per column; others as one JSON array
+	// of arrays, taken apart with ->>. The database casts the same text
+	// either way.
+	arrays := len(cols) <= maxArrayColumns && stringsOrNulls(rows, cols)
 	var names, values, sets []string
 	present := make(map[int]bool, len(cols))
 	for n, i := range cols {
 		c := info.cols[i]
 		present[i] = true
 		names = append(names, Ident(c.name))
-		values = append(values, "CAST(r.v->>"+strconv.Itoa(n)+" AS "+c.typ+")")
+		if arrays {
+			values = append(values, "CAST(r.c"+strconv.Itoa(n)+" AS "+c.typ+")")
+		} else {
+			values = append(values, "CAST(r.v->>"+strconv.Itoa(n)+" AS "+c.typ+")")
+		}
 		if !c.pk {
 			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
 		}
@@ -629,7 +662,25 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	var sb strings.Builder
 	sb.WriteString("INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") SELECT ")
 	sb.WriteString(strings.Join(values, ", "))
-	sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
+	if arrays {
+		sb.WriteString(" FROM unnest(")
+		for n := range cols {
+			if n > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString("$" + strconv.Itoa(n+1) + "::text[]")
+		}
+		sb.WriteString(") AS r(")
+		for n := range cols {
+			if n > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString("c" + strconv.Itoa(n))
+		}
+		sb.WriteString(")")
+	} else {
+		sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
+	}
 	if len(info.pk) > 0 {
 		var pk []string
 		for _, i := range info.pk {
@@ -645,13 +696,25 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			sb.WriteString(" DO UPDATE SET " + strings.Join(sets, ", "))
 		}
 	}
+	what := fmt.Sprintf("upserting %d rows into %s", len(rows), info.table)
+	if arrays {
+		args := make([]any, len(cols))
+		for n, i := range cols {
+			lit, err := textArray(rows, i)
+			if err != nil {
+				return errors.Wrapf(err, "pgstore: table %s: column %q", info.table, info.cols[i].name)
+			}
+			args[n] = lit
+		}
+		return q.exec(ctx, what, sb.String(), args...)
+	}
 	// The values are JSON already (decodeRow checked them), so the array
 	// is put together without encoding/json.
 	size := 2
 	for _, row := range rows {
 		size += 3 + len(cols)
-		for _, v := range row {
-			size += len(v)
+		for _, i := range cols {
+			size += len(row[i])
 		}
 	}
 	buf := make([]byte, 0, size)
@@ -665,7 +728,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			if n > 0 {
 				buf = append(buf, ',')
 			}
-			v := row[info.cols[i].name]
+			v := row[i]
 			if len(v) == 0 {
 				v = json.RawMessage("null")
 			}
@@ -674,7 +737,66 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		buf = append(buf, ']')
 	}
 	buf = append(buf, ']')
-	return q.exec(ctx, fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), sb.String(), string(buf))
+	return q.exec(ctx, what, sb.String(), string(buf))
+}
+
+// maxArrayColumns is the most columns an upsert passes as one text array
+// each; wider rows go as JSON.
+const maxArrayColumns = 100
+
+// stringsOrNulls reports whether every value of cols in rows is a JSON
+// string or null.
+func stringsOrNulls(rows []row, cols []int) bool {
+	for _, r := range rows {
+		for _, i := range cols {
+			v := r[i]
+			if len(v) == 0 || v[0] == '"' || string(v) == "null" {
+				continue
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// textArray returns the values of column col in rows as the text form of
+// a PostgreSQL text[] literal: {"a","b",NULL}. A JSON string without
+// escapes is already a quoted array element (it contains no quote or
+// backslash); one with escapes is decoded and quoted again.
+func textArray(rows []row, col int) (string, error) {
+	size := 2
+	for _, r := range rows {
+		size += len(r[col]) + 1
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, '{')
+	for n, r := range rows {
+		if n > 0 {
+			buf = append(buf, ',')
+		}
+		v := r[col]
+		switch {
+		case len(v) == 0 || v[0] != '"':
+			buf = append(buf, "NULL"...)
+		case bytes.IndexByte(v, '\\') < 0:
+			buf = append(buf, v...)
+		default:
+			var s string
+			if err := json.Unmarshal(v, &s); err != nil {
+				return "", errors.New("a value is not a JSON string")
+			}
+			buf = append(buf, '"')
+			for i := 0; i < len(s); i++ {
+				if s[i] == '"' || s[i] == '\\' {
+					buf = append(buf, '\\')
+				}
+				buf = append(buf, s[i])
+			}
+			buf = append(buf, '"')
+		}
+	}
+	buf = append(buf, '}')
+	return string(buf), nil
 }
 
 // deleteKeys deletes the rows with the given primary keys in one

@@ -30,6 +30,8 @@ func TestFlags(t *testing.T) {
 			"--publicationName", "p", "--slotName", "s", "--lease", "10ms"}, 2, "--lease"},
 		{"immediate with foreign keys", []string{"--sourceConn", "postgres://h/a", "--targetConn", "postgres://h/b",
 			"--publicationName", "p", "--slotName", "s", "--immediate", "--foreignKeys"}, 2, "cannot be combined"},
+		{"cpu profile cannot be created", []string{"--sourceConn", "postgres://h/a", "--targetConn", "postgres://h/b",
+			"--publicationName", "p", "--slotName", "s", "--cpuprofile", "/nonexistent-dir/cpu.pprof"}, 1, "--cpuprofile"},
 		{"unreachable target", []string{"--sourceConn", "postgres://u:hunter2@127.0.0.1:1/a", "--targetConn",
 			"postgres://u:hunter2@127.0.0.1:1/b?connect_timeout=5", "--publicationName", "p", "--slotName", "s"}, 1, "cannot reach the target"},
 	}
