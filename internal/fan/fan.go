@@ -42,6 +42,10 @@ const sampleEvery = 8
 // touches most lanes of the tables it writes).
 const maxFree = 4
 
+// compactAfter is how many applied chunks a busy lane keeps at the front
+// of its queue before it drops them.
+const compactAfter = 16
+
 // newSlice is the capacity of a new lane's pending slice.
 const newSlice = 8
 
@@ -472,6 +476,13 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	// Index rather than reslice, so that the queue keeps its capacity;
 	// Add may append to it while q.mu is released.
 	for i := 0; i < len(ln.queue); i++ {
+		if i >= compactAfter && i >= len(ln.queue)/2 {
+			// A lane that never runs dry would otherwise keep every
+			// applied entry: drop them.
+			n := copy(ln.queue, ln.queue[i:])
+			clear(ln.queue[n:])
+			ln.queue, i = ln.queue[:n], 0
+		}
 		c := ln.queue[i]
 		ln.queue[i] = chunk[T, M]{}
 		b := c.batch
