@@ -18,20 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// immediate returns a factory's Immediate batcher for target.
-func immediate(t *testing.T, cfg *logical.Config) logical.Batcher {
-	t.Helper()
-	f, err := logical.NewFactory(context.Background(), cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		f.Stop(0)
-		require.NoError(t, f.Wait())
-	})
-	b, err := f.Immediate("s")
-	require.NoError(t, err)
-	return b
-}
-
 func TestFanKeepsPerKeyOrder(t *testing.T) {
 	target := logicaltest.NewRecorder()
 	// Random small delays shuffle the workers' timing.
@@ -43,7 +29,7 @@ func TestFanKeepsPerKeyOrder(t *testing.T) {
 	}
 	cfg := fastConfig(t, target)
 	cfg.FanShards = 32
-	b := immediate(t, cfg)
+	b := immediateBatcher(t, cfg)
 	ctx := context.Background()
 	tables := logicaltest.Tables("s", 3)
 	const keys, versions = 20, 60
@@ -116,7 +102,7 @@ func TestFanPerKeyOrderFromWrites(t *testing.T) {
 	}}
 	cfg := fastConfig(t, target)
 	cfg.FanShards = 64
-	b := immediate(t, cfg)
+	b := immediateBatcher(t, cfg)
 	ctx := context.Background()
 	batch, err := b.OnBegin(ctx)
 	require.NoError(t, err)
@@ -166,7 +152,7 @@ func TestFanBytesInFlight(t *testing.T) {
 	}}
 	cfg := fastConfig(t, target)
 	cfg.BytesInFlight = 10 << 10
-	b := immediate(t, cfg)
+	b := immediateBatcher(t, cfg)
 	ctx := context.Background()
 	batch, err := b.OnBegin(ctx)
 	require.NoError(t, err)
@@ -218,7 +204,7 @@ func TestFanBytesInFlight(t *testing.T) {
 		cfg := fastConfig(t, slow)
 		cfg.BytesInFlight = 10 << 10
 		cfg.FanShards = 1
-		b := immediate(t, cfg)
+		b := immediateBatcher(t, cfg)
 		batch, err := b.OnBegin(ctx)
 		require.NoError(t, err)
 		require.NoError(t, batch.OnData(ctx, "src", tbl, big(1)))
@@ -244,7 +230,7 @@ func TestFanBatchSemantics(t *testing.T) {
 	}
 
 	t.Run("OnData after OnCommit or OnRollback is an error", func(t *testing.T) {
-		b := immediate(t, fastConfig(t, logical.NewMemoryTarget()))
+		b := immediateBatcher(t, fastConfig(t, logical.NewMemoryTarget()))
 		batch, err := b.OnBegin(ctx)
 		require.NoError(t, err)
 		require.NoError(t, <-batch.OnCommit(ctx))
@@ -259,7 +245,7 @@ func TestFanBatchSemantics(t *testing.T) {
 		target := &funcTarget{apply: func(context.Context, logical.Table, []logical.Mutation) error {
 			return errors.New("disk full")
 		}}
-		b := immediate(t, fastConfig(t, target))
+		b := immediateBatcher(t, fastConfig(t, target))
 		batch, err := b.OnBegin(ctx)
 		require.NoError(t, err)
 		require.NoError(t, batch.OnData(ctx, "src", tbl, mut(1)))
@@ -268,7 +254,7 @@ func TestFanBatchSemantics(t *testing.T) {
 	})
 
 	t.Run("OnCommit emits exactly one value and closes", func(t *testing.T) {
-		b := immediate(t, fastConfig(t, logical.NewMemoryTarget()))
+		b := immediateBatcher(t, fastConfig(t, logical.NewMemoryTarget()))
 		batch, err := b.OnBegin(ctx)
 		require.NoError(t, err)
 		ch := batch.OnCommit(ctx)
@@ -279,7 +265,7 @@ func TestFanBatchSemantics(t *testing.T) {
 
 	t.Run("OnRollback drops what is not applied", func(t *testing.T) {
 		target := logical.NewMemoryTarget()
-		b := immediate(t, fastConfig(t, target))
+		b := immediateBatcher(t, fastConfig(t, target))
 		batch, err := b.OnBegin(ctx)
 		require.NoError(t, err)
 		require.NoError(t, batch.OnData(ctx, "src", tbl, mut(1)))

@@ -59,9 +59,9 @@ func TestMatrixChaosSeeds(t *testing.T) {
 	}
 }
 
-func runMatrix(t *testing.T, tc matrixCase, prob float32, seed int64) {
-	const n = 300
-	leak := goroutines(t)
+// matrixSetup prepares a generator of n messages, a recording target and a
+// config for one mode of the matrix (without chaos).
+func matrixSetup(t *testing.T, tc matrixCase, n int) (*logicaltest.Generator, *logicaltest.Recorder, *logical.Config, []logical.Table) {
 	tables := logicaltest.Tables("gen", 4)
 	gen := logicaltest.NewGenerator(n)
 	gen.Tables = tables
@@ -72,17 +72,24 @@ func runMatrix(t *testing.T, tc matrixCase, prob float32, seed int64) {
 		target.Chain(tables...)
 		cfg.ForeignKeys = true
 	}
-	if tc.chaos {
-		cfg.ChaosProb = prob
-		cfg.ChaosSeed = seed
-	}
 	if tc.backfill {
 		// Messages are a second apart and end now; the first half is
 		// older than the window, so the loop starts by backfilling and
 		// streams once it has caught up.
 		gen.Step = time.Second
-		gen.Base = time.Now().Add(-n * time.Second)
-		cfg.BackfillWindow = n / 2 * time.Second
+		gen.Base = time.Now().Add(-time.Duration(n) * time.Second)
+		cfg.BackfillWindow = time.Duration(n/2) * time.Second
+	}
+	return gen, target, cfg, tables
+}
+
+func runMatrix(t *testing.T, tc matrixCase, prob float32, seed int64) {
+	const n = 300
+	leak := goroutines(t)
+	gen, target, cfg, tables := matrixSetup(t, tc, n)
+	if tc.chaos {
+		cfg.ChaosProb = prob
+		cfg.ChaosSeed = seed
 	}
 	l := startLoop(t, cfg, &logical.LoopConfig{Dialect: gen, LoopName: "matrix", TargetSchema: "gen"})
 	waitForSeq(t, l, n-1)

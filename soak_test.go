@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/logical-go/logical"
-	"github.com/logical-go/logical/logicaltest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -53,21 +52,7 @@ func TestSoak(t *testing.T) {
 func soakRun(t *testing.T, tc matrixCase, seed int64) (restarts, injected uint64) {
 	const n = 200
 	leak := goroutines(t)
-	tables := logicaltest.Tables("gen", 4)
-	gen := logicaltest.NewGenerator(n)
-	gen.Tables = tables
-	target := logicaltest.NewRecorder()
-	cfg := fastConfig(t, target)
-	cfg.Immediate = tc.immediate
-	if tc.fk {
-		target.Chain(tables...)
-		cfg.ForeignKeys = true
-	}
-	if tc.backfill {
-		gen.Step = time.Second
-		gen.Base = time.Now().Add(-n * time.Second)
-		cfg.BackfillWindow = n / 2 * time.Second
-	}
+	gen, target, cfg, tables := matrixSetup(t, tc, n)
 	// The test wraps the dialect itself (the loop would do the same for
 	// Config.ChaosProb) so that it can count the faults.
 	chaos := logical.WithChaosSeed(gen, 0.05, seed)
