@@ -340,6 +340,14 @@ func show(s logical.Stamp) string {
 // read runs ReadInto from point from until it sent n messages, then stops
 // it through State.Stopping and waits for it to return.
 func (c *Conformance) read(d logical.Dialect, from logical.Stamp, n int) ([]logical.Message, error) {
+	return c.readIdle(d, from, n, 0)
+}
+
+// readIdle is read that, with idle > 0, also ends (without an error) once
+// the source has sent nothing for idle: a restarted source has fewer
+// messages left after a later point, and a streaming one never says it
+// is done.
+func (c *Conformance) readIdle(d logical.Dialect, from logical.Stamp, n int, idle time.Duration) ([]logical.Message, error) {
 	st := newState(c.Schema, from)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -348,11 +356,24 @@ func (c *Conformance) read(d logical.Dialect, from logical.Stamp, n int) ([]logi
 	go func() { done <- d.ReadInto(ctx, ch, st) }()
 	timer := time.NewTimer(c.Timeout)
 	defer timer.Stop()
+	var quiet <-chan time.Time
+	var quietTimer *time.Timer
+	if idle > 0 {
+		quietTimer = time.NewTimer(idle)
+		defer quietTimer.Stop()
+		quiet = quietTimer.C
+	}
 	var msgs []logical.Message
+read:
 	for len(msgs) < n {
 		select {
 		case m := <-ch:
 			msgs = append(msgs, m)
+			if quietTimer != nil {
+				quietTimer.Reset(idle)
+			}
+		case <-quiet:
+			break read
 		case err := <-done:
 			return msgs, fmt.Errorf("ReadInto from %s returned (%v) after only %d of the %d messages Conformance.Messages asks for; the source must hold at least that many", show(from), err, len(msgs), n)
 		case <-timer.C:
@@ -443,7 +464,10 @@ func (c *Conformance) process(d logical.Dialect, from logical.Stamp, msgs []logi
 				}
 				run.delivered = st.now()
 				cp, _ := st.GetConsistentPoint()
-				more, err := c.read(d, cp, len(msgs))
+				// What is left after the point may be fewer messages
+				// than the whole run; take what comes until the source
+				// goes quiet.
+				more, err := c.readIdle(d, cp, len(msgs), min(time.Second, c.Timeout/4))
 				var ns notStopped
 				if err != nil && !errors.As(err, &ns) {
 					run.feedErr = err
