@@ -97,6 +97,30 @@ func TestLeases(t *testing.T) {
 		}
 	})
 
+	t.Run("a late release by the old holder leaves the new holder alone", func(t *testing.T) {
+		la, err := a.Acquire(ctx, "handover")
+		require.NoError(t, err)
+		// Let a's term run out (as if its renewals had stalled) until b
+		// takes the lease over; a's renewal may win a round first.
+		var lb logical.Lease
+		deadline := time.Now().Add(10 * time.Second)
+		for lb == nil {
+			require.True(t, time.Now().Before(deadline), "b never took the expired lease over")
+			db.Exec(t, `UPDATE _logical.leases SET expires = now() - interval '1 second' WHERE name = 'handover'`)
+			if lb, err = b.Acquire(ctx, "handover"); err != nil {
+				_, busy := logical.IsLeaseBusy(err)
+				require.True(t, busy, "unexpected error: %v", err)
+				lb = nil
+			}
+		}
+		defer lb.Release()
+		la.Release()
+		_, err = a.Acquire(ctx, "handover")
+		_, busy := logical.IsLeaseBusy(err)
+		require.True(t, busy, "a's late Release freed b's lease: %v", err)
+		assert.NoError(t, lb.Context().Err(), "b lost the lease to a's late Release")
+	})
+
 	t.Run("expired lease can be taken", func(t *testing.T) {
 		db.Exec(t, `INSERT INTO _logical.leases VALUES ('old', now() - interval '1 second', 'n', 'gone')`)
 		l, err := b.Acquire(ctx, "old")
