@@ -254,11 +254,6 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 	}
 
-	// One receive context per acknowledgement period, not per message.
-	var recvCtx context.Context
-	var recvDeadline time.Time
-	cancelRecv := func() {}
-	defer func() { cancelRecv() }()
 	for {
 		if !time.Now().Before(nextAck) {
 			if err := ack(); err != nil {
@@ -266,12 +261,9 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			nextAck = time.Now().Add(d.cfg.StandbyTimeout)
 		}
-		if recvCtx == nil || !recvDeadline.Equal(nextAck) {
-			cancelRecv()
-			recvCtx, cancelRecv = withDeadline(stopCtx, nextAck)
-			recvDeadline = nextAck
-		}
+		recvCtx, cancelRecv := context.WithDeadline(stopCtx, nextAck)
 		raw, err := conn.ReceiveMessage(recvCtx)
+		cancelRecv()
 		if err != nil {
 			if stopping() || ctx.Err() != nil {
 				if ctx.Err() == nil {
@@ -335,12 +327,6 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			return nil
 		}
 	}
-}
-
-// withDeadline is context.WithDeadline for a context that outlives one
-// loop iteration (its cancel is deferred by the caller).
-func withDeadline(parent context.Context, d time.Time) (context.Context, context.CancelFunc) {
-	return context.WithDeadline(parent, d)
 }
 
 // connect opens a replication connection to the source. Errors never

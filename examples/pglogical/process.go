@@ -143,14 +143,14 @@ func (p *processor) handleWAL(ctx context.Context, m pglogrepl.Message) error {
 		// applied already: the point is the end of a commit record.
 		p.skipping = uint64(m.FinalLSN) < p.committed
 	case *pglogrepl.InsertMessage:
-		return p.change(ctx, m.RelationID, 0, nil, m.Tuple)
+		return p.change(ctx, m.RelationID, 0, nil, m.Tuple, true)
 	case *pglogrepl.UpdateMessage:
-		return p.change(ctx, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple)
+		return p.change(ctx, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple, false)
 	case *pglogrepl.DeleteMessage:
 		if m.OldTuple == nil {
 			return errors.New("pglogical: delete without a key")
 		}
-		return p.change(ctx, m.RelationID, m.OldTupleType, m.OldTuple, nil)
+		return p.change(ctx, m.RelationID, m.OldTupleType, m.OldTuple, nil, false)
 	case *pglogrepl.TruncateMessage:
 		return p.truncate(ctx, m)
 	case *pglogrepl.CommitMessage:
@@ -193,8 +193,8 @@ func (p *processor) target(rel *relation) logical.Table {
 // is nil for an insert and for an update that kept the key (with REPLICA
 // IDENTITY DEFAULT). oldType is 'K' (key only) or 'O' (the full old row).
 // An update that changes the key is a delete of the old key and an upsert
-// of the new one.
-func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old, new *pglogrepl.TupleData) error {
+// of the new one. An insert's mutation carries Meta[pgstore.MetaInsert].
+func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old, new *pglogrepl.TupleData, insert bool) error {
 	if !p.inTx {
 		return errors.New("pglogical: row change outside a transaction")
 	}
@@ -206,6 +206,9 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 		return errors.Errorf("pglogical: row change for unknown relation %d", relID)
 	}
 	mut := logical.Mutation{Time: p.begin.CommitTime}
+	if insert {
+		mut.Meta = insertMeta
+	}
 	var err error
 	if old != nil && oldType == pglogrepl.UpdateMessageTupleTypeOld {
 		if mut.Before, err = rowJSON(rel, old); err != nil {
@@ -236,6 +239,10 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 	}
 	return p.add(ctx, rel, mut)
 }
+
+// insertMeta is the Meta of every insert's mutation, shared: nobody
+// writes to a mutation's Meta.
+var insertMeta = map[string]any{pgstore.MetaInsert: true}
 
 // rowJSON encodes a tuple as a JSON object, leaving out unchanged TOAST
 // values.

@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pkg/errors"
+
 	"github.com/logical-go/logical"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -86,4 +89,17 @@ func TestDecodeRowUnknownColumn(t *testing.T) {
 	r, err := decodeRow(info, json.RawMessage(`{}`))
 	require.NoError(t, err)
 	assert.Equal(t, row{nil}, r, "an absent column is nil")
+}
+
+func TestIsCatalogRace(t *testing.T) {
+	for code, want := range map[string]bool{
+		"23505": true, // unique_violation in a catalog index
+		"42P07": true, // duplicate_table
+		"42P06": true, // duplicate_schema
+		"42710": true, // duplicate_object: the table's row type
+		"42501": false,
+	} {
+		assert.Equal(t, want, isCatalogRace(errors.Wrap(&pgconn.PgError{Code: code}, "wrapped")), code)
+	}
+	assert.False(t, isCatalogRace(errors.New("not a server error")))
 }

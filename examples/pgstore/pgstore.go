@@ -55,9 +55,18 @@ func ensureSchema(ctx context.Context, pool *pgxpool.Pool, schema string, ddl ..
 	return nil
 }
 
-// isCatalogRace reports whether err is the unique violation that
-// concurrent CREATE ... IF NOT EXISTS statements can cause.
+// isCatalogRace reports whether err is one of the errors that concurrent
+// CREATE ... IF NOT EXISTS statements can cause: a unique violation in
+// the catalog, or a duplicate table, schema or object (the row type of a
+// table: 'type "memo" already exists').
 func isCatalogRace(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42P07" || pgErr.Code == "42P06")
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "23505", "42P07", "42P06", "42710":
+		return true
+	}
+	return false
 }

@@ -219,6 +219,37 @@ func TestTargetApply(t *testing.T) {
 		require.ErrorContains(t, err, "Ta-ble", "a value the column's type rejects")
 	})
 
+	t.Run("rows the source inserted are inserted, and upserted after a conflict", func(t *testing.T) {
+		ins := func(key, data string) logical.Mutation {
+			m := up(key, data)
+			m.Meta = map[string]any{pgstore.MetaInsert: true}
+			return m
+		}
+		require.NoError(t, target.Apply(ctx, tbl, []logical.Mutation{
+			ins(`["20","n"]`, `{"b":"20","A":"n","big":"new"}`),
+			up(`["20","n"]`, `{"b":"20","A":"n","n":"5"}`), // merged into the insert
+			del(`["1","a"]`),
+			ins(`["1","a"]`, `{"b":"1","A":"a","big":"again"}`), // the row existed before the call: upserted
+		}))
+		assert.Equal(t, []string{`(1,a,"{""k"": [1, 2]}",9,"2024-01-02 03:04:05+00",again)`, `(20,n,,5,,new)`},
+			rows(`SELECT t::text FROM "My ""Schema"""."Ta-ble" t WHERE b IN (1, 20) ORDER BY b`))
+
+		conflict := []logical.Mutation{ins(`["20","n"]`, `{"b":"20","A":"n","big":"dup"}`)}
+		tx, err := target.Begin(ctx)
+		require.NoError(t, err)
+		require.NoError(t, tx.Apply(ctx, tbl, conflict))
+		err = tx.Commit(ctx)
+		require.ErrorContains(t, err, "exist in the target already")
+		require.ErrorContains(t, err, "Ta-ble")
+
+		tx, err = target.Begin(ctx)
+		require.NoError(t, err)
+		require.NoError(t, tx.Apply(ctx, tbl, conflict))
+		require.NoError(t, tx.Commit(ctx), "the retry upserts")
+		assert.Equal(t, []string{`(20,n,,5,,dup)`},
+			rows(`SELECT t::text FROM "My ""Schema"""."Ta-ble" t WHERE b = 20`))
+	})
+
 	t.Run("truncate in order", func(t *testing.T) {
 		require.NoError(t, target.Apply(ctx, tbl, []logical.Mutation{
 			up(`["5","e"]`, `{"b":"5","A":"e"}`),

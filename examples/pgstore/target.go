@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
 	"github.com/pkg/errors"
@@ -23,6 +24,15 @@ import (
 // deleting one row.
 const MetaTruncate = "pgstore.truncate"
 
+// MetaInsert is the Mutation.Meta key of a row the source inserted (true):
+// a hint that the target has no row with its key. When it is the first
+// mutation of its key in an Apply call, the row may be written with a
+// plain INSERT, which costs the database less than an upsert. Should the
+// key exist after all (a target that was not empty, a replay), that
+// statement fails with a unique violation and the Target upserts into the
+// table from then on; the caller's retry then succeeds.
+const MetaInsert = "pgstore.insert"
+
 // Target is a logical.Target that writes into existing PostgreSQL tables.
 // It reads each table's columns, types and primary key from the catalog the
 // first time it sees the table (and again when a row has a column it does
@@ -32,11 +42,17 @@ const MetaTruncate = "pgstore.truncate"
 // work.
 //
 // One Apply call costs at most one statement per distinct set of columns
-// among its upserts (usually one) plus one for its deletes:
+// among its upserts (usually one; rows the source inserted, see
+// MetaInsert, make a group of their own) plus one for its deletes:
 //
-//	INSERT INTO t (cols) SELECT CAST(r.v->>0 AS type), ... FROM jsonb_array_elements($1) AS r(v)
+//	INSERT INTO t (cols) SELECT CAST(r.c0 AS type), ... FROM unnest($1::text[], ...) AS r(c0, ...)
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
 //	DELETE FROM t USING jsonb_array_elements($1) AS k(v) WHERE t.pk = CAST(k.v->>0 AS type)
+//
+// Rows whose values are all JSON strings or null (pgoutput's) go as one
+// text array per column; rows with other JSON values as one JSON array
+// of arrays taken apart with ->>, so that the database casts the same text
+// either way.
 //
 // Only the last mutation of a key within one call counts; an upsert whose
 // row lacks some columns (PostgreSQL's unchanged TOAST values) updates only
@@ -49,8 +65,9 @@ const MetaTruncate = "pgstore.truncate"
 type Target struct {
 	pool *pgxpool.Pool
 
-	mu     sync.RWMutex
-	tables map[logical.Table]*tableInfo
+	mu         sync.RWMutex
+	tables     map[logical.Table]*tableInfo
+	upsertOnly map[logical.Table]bool // a plain insert met an existing row
 }
 
 var (
@@ -61,7 +78,7 @@ var (
 
 // NewTarget returns a Target writing through pool.
 func NewTarget(pool *pgxpool.Pool) *Target {
-	return &Target{pool: pool, tables: make(map[logical.Table]*tableInfo)}
+	return &Target{pool: pool, tables: make(map[logical.Table]*tableInfo), upsertOnly: make(map[logical.Table]bool)}
 }
 
 // column is one writable column of a target table.
@@ -81,23 +98,47 @@ type tableInfo struct {
 }
 
 // execer runs the statements of Apply: at once (poolExec) or pipelined in
-// a transaction (targetTx). what describes the statement for errors
-// ("upserting 3 rows into s.t").
+// a transaction (targetTx).
 type execer interface {
-	exec(ctx context.Context, what, sql string, args ...any) error
+	exec(ctx context.Context, st stmt, sql string, args ...any) error
+}
+
+// stmt describes a statement for errors.
+type stmt struct {
+	what string // "upserting 3 rows into s.t"
+	// plainInsert is set for an INSERT without ON CONFLICT of rows the
+	// source inserted: if it fails on a unique violation, the Target
+	// upserts into the table from then on.
+	plainInsert *tableInfo
+}
+
+// failed wraps err, the failure of statement st, and remembers a conflict
+// of a plain insert.
+func (t *Target) failed(st stmt, err error) error {
+	var pgErr *pgconn.PgError
+	if st.plainInsert != nil && errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		t.mu.Lock()
+		t.upsertOnly[st.plainInsert.table] = true
+		t.mu.Unlock()
+		return errors.Wrapf(err, "pgstore: %s (rows the source inserted exist in the target already; "+
+			"upserting into %s from now on)", st.what, st.plainInsert.table)
+	}
+	return errors.Wrap(err, "pgstore: "+st.what)
 }
 
 // poolExec runs each statement at once, in a transaction of its own.
-type poolExec struct{ pool *pgxpool.Pool }
+type poolExec struct{ target *Target }
 
-func (p poolExec) exec(ctx context.Context, what, sql string, args ...any) error {
-	_, err := p.pool.Exec(ctx, sql, args...)
-	return errors.Wrap(err, "pgstore: "+what)
+func (p poolExec) exec(ctx context.Context, st stmt, sql string, args ...any) error {
+	if _, err := p.target.pool.Exec(ctx, sql, args...); err != nil {
+		return p.target.failed(st, err)
+	}
+	return nil
 }
 
 // Apply implements logical.Target: each statement commits on its own.
 func (t *Target) Apply(ctx context.Context, table logical.Table, muts []logical.Mutation) error {
-	return t.apply(ctx, poolExec{t.pool}, table, muts)
+	return t.apply(ctx, poolExec{t}, table, muts)
 }
 
 // Begin implements logical.Target. The transaction holds one connection of
@@ -128,26 +169,26 @@ type targetTx struct {
 	conn   *pgxpool.Conn // nil once the transaction ended
 
 	queued      pgx.Batch
-	queuedWhat  []string // per queued statement
+	queuedWhat  []stmt // per queued statement
 	queuedBytes int
 	begun       bool // BEGIN is queued or sent
 
 	inflight     pgx.BatchResults // the batch the server is running
-	inflightWhat []string
+	inflightWhat []stmt
 
 	err error // the first failure
 }
 
 // exec implements execer by queueing the statement.
-func (x *targetTx) exec(ctx context.Context, what, sql string, args ...any) error {
+func (x *targetTx) exec(ctx context.Context, st stmt, sql string, args ...any) error {
 	if x.conn == nil {
 		return errors.New("pgstore: the target transaction has ended")
 	}
 	if x.err != nil {
 		return x.err
 	}
-	x.queue("beginning the target transaction", "BEGIN")
-	x.queue(what, sql, args...)
+	x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
+	x.queue(st, sql, args...)
 	if x.queuedBytes >= pipelineBytes {
 		return x.send(ctx)
 	}
@@ -155,7 +196,7 @@ func (x *targetTx) exec(ctx context.Context, what, sql string, args ...any) erro
 }
 
 // queue adds a statement to the next batch; BEGIN only once.
-func (x *targetTx) queue(what, sql string, args ...any) {
+func (x *targetTx) queue(what stmt, sql string, args ...any) {
 	if sql == "BEGIN" {
 		if x.begun {
 			return
@@ -198,7 +239,7 @@ func (x *targetTx) collect() error {
 	var err error
 	for _, what := range whats {
 		if _, e := br.Exec(); e != nil {
-			err = errors.Wrap(e, "pgstore: "+what)
+			err = x.target.failed(what, e)
 			break
 		}
 	}
@@ -223,8 +264,8 @@ func (x *targetTx) Commit(ctx context.Context) error {
 		return errors.New("pgstore: the target transaction has ended")
 	}
 	if x.err == nil {
-		x.queue("beginning the target transaction", "BEGIN")
-		x.queue("committing the target transaction", "COMMIT")
+		x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
+		x.queue(stmt{what: "committing the target transaction"}, "COMMIT")
 		if err := x.send(ctx); err == nil {
 			_ = x.collect()
 		}
@@ -272,7 +313,7 @@ func (t *Target) apply(ctx context.Context, q execer, table logical.Table, muts 
 		if err := t.applySegment(ctx, q, info, muts[start:i]); err != nil {
 			return err
 		}
-		if err := q.exec(ctx, "truncating "+table.String(), "DELETE FROM "+info.ident); err != nil {
+		if err := q.exec(ctx, stmt{what: "truncating " + table.String()}, "DELETE FROM "+info.ident); err != nil {
 			return err
 		}
 		start = i + 1
@@ -283,6 +324,7 @@ func (t *Target) apply(ctx context.Context, q execer, table logical.Table, muts 
 // rowState is the net effect of a segment's mutations on one key.
 type rowState struct {
 	deleted bool
+	fresh   bool   // the first mutation of the key was an insert (MetaInsert)
 	key     string // the compact JSON array of the key values
 	data    row
 }
@@ -351,7 +393,8 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 		}
 		st := states[string(keyBuf)]
 		if st == nil {
-			st = &rowState{key: string(keyBuf)}
+			insert, _ := m.Meta[MetaInsert].(bool)
+			st = &rowState{key: string(keyBuf), fresh: insert && !m.IsDelete()}
 			states[st.key] = st
 			order = append(order, st)
 		}
@@ -376,9 +419,14 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 	var deletes []json.RawMessage
 	groups := make(map[string][]row)
 	var groupOrder []string
-	sig := make([]byte, (len(info.cols)+7)/8)
-	group := func(r row) {
+	// A group is a set of columns (a bitmap over the column indexes) and
+	// whether its rows are fresh (a last byte of 1).
+	sig := make([]byte, (len(info.cols)+7)/8+1)
+	group := func(r row, fresh bool) {
 		clear(sig)
+		if fresh {
+			sig[len(sig)-1] = 1
+		}
 		for c, v := range r {
 			if v != nil {
 				sig[c/8] |= 1 << (c % 8)
@@ -395,10 +443,10 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 			deletes = append(deletes, json.RawMessage(st.key))
 			continue
 		}
-		group(st.data)
+		group(st.data, st.fresh)
 	}
 	for _, r := range inserts {
-		group(r)
+		group(r, false)
 	}
 
 	if len(deletes) > 0 {
@@ -626,15 +674,23 @@ func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte,
 	return append(buf, ']'), nil
 }
 
-// upsert writes rows that all have the columns of sig in one statement.
+// upsert writes rows that all have the columns of sig in one statement;
+// with a plain INSERT if sig says the rows are fresh and no plain insert
+// into the table failed before.
 // The rows go to the server as one JSON array of arrays, each holding the
 // values of sig's columns in column order.
 func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []row) error {
 	var cols []int
 	for i := range info.cols {
-		if i/8 < len(sig) && sig[i/8]&(1<<(i%8)) != 0 {
+		if i/8 < len(sig)-1 && sig[i/8]&(1<<(i%8)) != 0 {
 			cols = append(cols, i)
 		}
+	}
+	plain := false
+	if sig[len(sig)-1] == 1 && len(info.pk) > 0 {
+		t.mu.RLock()
+		plain = !t.upsertOnly[info.table]
+		t.mu.RUnlock()
 	}
 	if len(cols) == 0 {
 		return errors.Errorf("pgstore: table %s: a row has no columns", info.table)
@@ -689,14 +745,20 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			}
 			pk = append(pk, Ident(info.cols[i].name))
 		}
-		sb.WriteString(" ON CONFLICT (" + strings.Join(pk, ", ") + ")")
-		if len(sets) == 0 {
-			sb.WriteString(" DO NOTHING")
-		} else {
-			sb.WriteString(" DO UPDATE SET " + strings.Join(sets, ", "))
+		// A plain insert has no ON CONFLICT: the primary key rejects an
+		// existing row.
+		switch {
+		case plain:
+		case len(sets) == 0:
+			sb.WriteString(" ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING")
+		default:
+			sb.WriteString(" ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", "))
 		}
 	}
-	what := fmt.Sprintf("upserting %d rows into %s", len(rows), info.table)
+	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table)}
+	if plain {
+		what = stmt{what: fmt.Sprintf("inserting %d rows into %s", len(rows), info.table), plainInsert: info}
+	}
 	if arrays {
 		args := make([]any, len(cols))
 		for n, i := range cols {
@@ -813,7 +875,7 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	if err != nil {
 		return errors.Wrapf(err, "pgstore: table %s: encoding keys", info.table)
 	}
-	return q.exec(ctx, fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), sql, string(buf))
+	return q.exec(ctx, stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table)}, sql, string(buf))
 }
 
 // quoteLiteral quotes s as an SQL string literal.
