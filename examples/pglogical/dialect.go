@@ -254,6 +254,15 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 	}
 
+	// Receives use a read deadline on the connection, set once per
+	// acknowledgement period, instead of a context per message (pgconn
+	// watches every context it is given, which cost more than decoding).
+	// A stop moves the deadline to now, which interrupts a blocked
+	// receive.
+	netConn := conn.Conn()
+	stopWatch := context.AfterFunc(stopCtx, func() { _ = netConn.SetReadDeadline(time.Now()) })
+	defer stopWatch()
+	var recvDeadline time.Time
 	for {
 		if !time.Now().Before(nextAck) {
 			if err := ack(); err != nil {
@@ -261,9 +270,21 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			nextAck = time.Now().Add(d.cfg.StandbyTimeout)
 		}
-		recvCtx, cancelRecv := context.WithDeadline(stopCtx, nextAck)
-		raw, err := conn.ReceiveMessage(recvCtx)
-		cancelRecv()
+		if !recvDeadline.Equal(nextAck) {
+			if err := netConn.SetReadDeadline(nextAck); err != nil {
+				return errors.Wrap(err, "pglogical: setting the receive deadline")
+			}
+			recvDeadline = nextAck
+			// A stop that came before this deadline was set was
+			// overwritten by it.
+			if stopCtx.Err() != nil {
+				if ctx.Err() == nil {
+					_ = ack()
+				}
+				return nil
+			}
+		}
+		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if stopping() || ctx.Err() != nil {
 				if ctx.Err() == nil {
