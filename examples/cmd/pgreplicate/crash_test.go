@@ -13,9 +13,12 @@ import (
 
 // pointVsApplied is true when the persisted consistent point is at or
 // before the position the target recorded in the same transaction as its
-// data; it is NULL (an empty string) while either is missing.
-const pointVsApplied = `SELECT ((convert_from(m.value, 'UTF8')::jsonb->>'lsn')::pg_lsn <= p.lsn)::text
-	FROM _logical.memo m, _logical.progress p WHERE m.key = $1 AND p.key = $1`
+// data. No persisted point yet (a kill before the first one) is true; a
+// point without any recorded progress is false.
+const pointVsApplied = `SELECT coalesce((
+		SELECT (convert_from(m.value, 'UTF8')::jsonb->>'lsn')::pg_lsn <=
+			coalesce((SELECT p.lsn FROM _logical.progress p WHERE p.key = $1), '0/0'::pg_lsn)
+		FROM _logical.memo m WHERE m.key = $1), true)::text`
 
 // TestCrash kills pgreplicate with SIGKILL several times while pgbench
 // runs. Each time, the persisted point must not be ahead of the data the
