@@ -272,7 +272,7 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 			"--slotName", slot,
 			"--logLevel", "warn",
 		}, extra...)
-		var log lockedBuffer
+		var log pgtest.Buffer
 		cmd := exec.Command(b.binary, args...)
 		cmd.Stdout, cmd.Stderr = &log, &log
 		require.NoError(t, cmd.Start())
@@ -491,22 +491,4 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	require.NoError(t, err, "%s must be a duration like 15s", name)
 	require.GreaterOrEqual(t, d, time.Second, "%s must be at least 1s", name)
 	return d
-}
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

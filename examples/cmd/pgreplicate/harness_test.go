@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -66,23 +65,8 @@ func (r *replication) args(extra ...string) []string {
 	}, extra...)
 }
 
-// logBuffer collects a process's log and prints it if the test fails.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// logBuffer collects a process's log; dumpOnFailure prints it if the test fails.
+type logBuffer = pgtest.Buffer
 
 // dumpOnFailure prints log at the end of a failed test.
 func dumpOnFailure(t *testing.T, name string, log *logBuffer) {
