@@ -17,21 +17,17 @@ import (
 	"github.com/pkg/errors"
 )
 
-// MetaTruncate is the Mutation.Meta key of a truncate: a mutation whose
-// Meta[MetaTruncate] is true deletes every row of its table, in order with
-// the other mutations of the same Apply call. Its Key and Data are empty, so
-// a target that does not know about it fails on the missing key rather than
-// deleting one row.
-const MetaTruncate = "pgstore.truncate"
-
-// MetaInsert is the Mutation.Meta key of a row the source inserted (true):
-// a hint that the target has no row with its key. When it is the first
-// mutation of its key in an Apply call, the row may be written with a
-// plain INSERT, which costs the database less than an upsert. Should the
-// key exist after all (a target that was not empty, a replay), that
-// statement fails with a unique violation and the Target upserts into the
-// table from then on; the caller's retry then succeeds.
-const MetaInsert = "pgstore.insert"
+// MetaTruncate and MetaInsert are the Mutation.Meta keys this Target
+// honours; they are logical.MetaTruncate and logical.MetaInsert. For a
+// truncate the table is emptied in order with the other mutations of the
+// Apply call. An insert's row is written with a plain INSERT when it is the
+// first mutation of its key in the call; should the key exist after all,
+// the statement fails with a unique violation, the Target upserts into the
+// table from then on, and the caller's retry succeeds.
+const (
+	MetaTruncate = logical.MetaTruncate
+	MetaInsert   = logical.MetaInsert
+)
 
 // Target is a logical.Target that writes into existing PostgreSQL tables.
 // It reads each table's columns, types and primary key from the catalog the

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/logical-go/logical"
-	"github.com/logical-go/logical/examples/internal/pgtest"
-	"github.com/logical-go/logical/examples/pgstore"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
+	"github.com/logical-go/logical/postgres/pgstore"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

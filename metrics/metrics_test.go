@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/logical-go/logical"
-	"github.com/logical-go/logical/examples/metrics"
 	"github.com/logical-go/logical/logicaltest"
+	"github.com/logical-go/logical/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sirupsen/logrus"

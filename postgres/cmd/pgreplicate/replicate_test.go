@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/logical-go/logical/examples/internal/pgtest"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/logical-go/logical"
-	"github.com/logical-go/logical/examples/internal/pgtest"
-	"github.com/logical-go/logical/examples/pglogical"
 	"github.com/logical-go/logical/logicaltest"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
+	"github.com/logical-go/logical/postgres/pglogical"
 	"github.com/stretchr/testify/require"
 )
 

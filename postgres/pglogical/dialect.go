@@ -84,7 +84,7 @@ type Config struct {
 	// RejectTruncate makes a TRUNCATE an error naming the tables, for
 	// targets or modes (foreign-key ordering) that cannot apply it in
 	// order. Otherwise a truncate becomes a mutation with
-	// Meta[pgstore.MetaTruncate] = true, applied between two flushes.
+	// Meta[logical.MetaTruncate] = true, applied between two flushes.
 	RejectTruncate bool
 }
 

@@ -4,7 +4,7 @@
 //
 // It is long (a few minutes) and runs only when asked:
 //
-//	LOGICAL_PGBENCH=1 .ci/with-postgres bash -c 'cd examples && go test -v -run TestPgbenchVsNative ./pgbench'
+//	LOGICAL_PGBENCH=1 .ci/with-postgres bash -c 'cd postgres && go test -v -run TestPgbenchVsNative ./pgbench'
 //
 // or simply bench/pg. Knobs (environment):
 //
@@ -44,7 +44,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/logical-go/logical/examples/internal/pgtest"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -321,7 +321,7 @@ func startPerf(t *testing.T, out string) *exec.Cmd {
 // buildPgreplicate compiles the command into a temporary directory.
 func buildPgreplicate(t *testing.T) string {
 	bin := filepath.Join(t.TempDir(), "pgreplicate")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/logical-go/logical/examples/cmd/pgreplicate").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/logical-go/logical/postgres/cmd/pgreplicate").CombinedOutput()
 	require.NoError(t, err, "go build:\n%s", out)
 	return bin
 }

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/logical-go/logical/examples/internal/pgtest"
-	"github.com/logical-go/logical/examples/pgstore"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
+	"github.com/logical-go/logical/postgres/pgstore"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/logical-go/logical"
-	"github.com/logical-go/logical/examples/pgstore"
 	"github.com/pkg/errors"
 )
 
@@ -193,7 +192,7 @@ func (p *processor) target(rel *relation) logical.Table {
 // is nil for an insert and for an update that kept the key (with REPLICA
 // IDENTITY DEFAULT). oldType is 'K' (key only) or 'O' (the full old row).
 // An update that changes the key is a delete of the old key and an upsert
-// of the new one. An insert's mutation carries Meta[pgstore.MetaInsert].
+// of the new one. An insert's mutation carries Meta[logical.MetaInsert].
 func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old, new *pglogrepl.TupleData, insert bool) error {
 	if !p.inTx {
 		return errors.New("pglogical: row change outside a transaction")
@@ -242,7 +241,7 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 
 // insertMeta is the Meta of every insert's mutation, shared: nobody
 // writes to a mutation's Meta.
-var insertMeta = map[string]any{pgstore.MetaInsert: true}
+var insertMeta = map[string]any{logical.MetaInsert: true}
 
 // rowJSON encodes a tuple as a JSON object, leaving out unchanged TOAST
 // values.
@@ -449,7 +448,7 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 		return err
 	}
 	for _, rel := range rels {
-		mut := logical.Mutation{Meta: map[string]any{pgstore.MetaTruncate: true}, Time: p.begin.CommitTime}
+		mut := logical.Mutation{Meta: map[string]any{logical.MetaTruncate: true}, Time: p.begin.CommitTime}
 		if err := p.batch.OnData(ctx, rel.source, p.target(rel), []logical.Mutation{mut}); err != nil {
 			return err
 		}

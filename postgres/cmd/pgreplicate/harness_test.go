@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/logical-go/logical/examples/internal/pgtest"
-	"github.com/logical-go/logical/examples/pglogical"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
+	"github.com/logical-go/logical/postgres/pglogical"
 	"github.com/stretchr/testify/require"
 )
 

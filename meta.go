@@ -1,0 +1,20 @@
+package logical
+
+// Well-known keys of Mutation.Meta. A dialect sets them to tell a Target
+// what its source did beyond the row image; a Target that does not know a
+// key ignores it, so each key is defined such that ignoring it is safe or
+// fails loudly. Meta is never persisted, so these are hints for one Apply.
+const (
+	// MetaInsert (value true) marks a row the source inserted: a hint that
+	// the target has no row with its key yet, so a Target may write it
+	// with a plain insert, which is cheaper than an upsert. A Target that
+	// uses the hint must fall back to an upsert when the key exists after
+	// all (a replay after a restart, a target that was not empty).
+	MetaInsert = "logical.insert"
+
+	// MetaTruncate (value true) marks a truncate: every row of the table
+	// is deleted, in order with the other mutations of the same Apply
+	// call. Such a mutation has no Key and no Data, so a Target that does
+	// not know the key fails on the missing key instead of deleting one row.
+	MetaTruncate = "logical.truncate"
+)
