@@ -28,6 +28,13 @@ const channelBuffer = 32
 // once.
 const leaseJitter = 100 * time.Millisecond
 
+// leaseMinWait is the least time the loop waits after a busy lease before
+// it calls Acquire again, even if the reported expiration has passed
+// already (a holder whose clock runs behind): 50ms plus the jitter keeps
+// such a standby from calling Acquire in a tight loop, and costs little
+// when the lease is really free.
+const leaseMinWait = 50 * time.Millisecond
+
 // mode is how an iteration fills and applies.
 type mode int
 
@@ -356,12 +363,18 @@ func (l *Loop) acquire(lessor Lessor) (Lease, error) {
 		if !ok {
 			return nil, errors.Wrapf(err, "logical: loop %q: acquiring the lease", l.name)
 		}
-		wait := time.Until(busy.Expiration) + jitter(leaseJitter)
+		wait := busyWait(time.Until(busy.Expiration))
 		l.log.WithField("wait", wait).Debug("lease busy; waiting")
 		if !sleep(l.stop, wait) {
 			return nil, nil
 		}
 	}
+}
+
+// busyWait returns how long to wait for a lease that is busy for another
+// until: at least leaseMinWait, plus jitter.
+func busyWait(until time.Duration) time.Duration {
+	return max(until, leaseMinWait) + jitter(leaseJitter)
 }
 
 // chooseMode picks the strategy for the current point.
