@@ -133,7 +133,7 @@ func (l *Loop) prepare(ctx context.Context) error {
 	}
 	l.initial = cp
 	l.cp.Set(cp)
-	l.stats.setPoint(cp, false)
+	l.stats.setPoint(cp)
 	return nil
 }
 
@@ -242,6 +242,9 @@ func (l *Loop) done() bool { return l.stop.IsStopping() || l.stop.Err() != nil }
 // run is the loop's goroutine: iterations until shutdown.
 func (l *Loop) run() {
 	defer l.release()
+	if l.factory.cfg.Observer != nil {
+		defer l.observeTicks()()
+	}
 	l.log.WithField("stamp", stampString(l.initial)).Info("loop started")
 	defer l.log.Info("loop stopped")
 	for first := true; !l.done(); first = false {
@@ -264,6 +267,31 @@ func (l *Loop) run() {
 		if !sleep(l.stop, delay) {
 			return
 		}
+	}
+}
+
+// observeTicks starts the goroutine that shows the observer a snapshot
+// every statsTick, so that a growing Lag is exported while nothing
+// happens. The returned function stops it and waits for it to exit.
+func (l *Loop) observeTicks() (stop func()) {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(statsTick)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				l.stats.tick()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
 	}
 }
 
@@ -331,6 +359,7 @@ func (l *Loop) runOnce(first bool) result {
 			return result{err: err}
 		}
 		l.cpMu.Lock()
+		l.stats.setPoint(cp)
 		l.cp.Set(cp)
 		l.cpMu.Unlock()
 	}
@@ -622,7 +651,7 @@ func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp, iter context.Co
 	}
 	// Stats first, so that whoever wakes up on the new point reads stats
 	// that already include it.
-	l.stats.setPoint(cp, true)
+	l.stats.setPoint(cp)
 	l.cp.Set(cp)
 	return nil
 }
