@@ -230,10 +230,10 @@ func (l *Loop) Stop(grace time.Duration) { l.stop.Stop(grace) }
 func (l *Loop) release() {
 	l.factory.forget(l)
 	l.stop.Release()
-	close(l.stopped)
 	if l.ownFactory {
-		l.factory.Stop(0)
+		l.factory.Stop(0) // before Stopped closes, so that it implies this
 	}
+	close(l.stopped)
 }
 
 // done reports whether the loop has been asked to stop.
