@@ -624,9 +624,9 @@ func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp, iter context.Co
 	cur := l.cp.Peek()
 	switch Compare(cp, cur) {
 	case 0:
-		return errors.Errorf("logical: loop %q: consistent point stalled: %s -> %s", l.name, stampString(cur), stampString(cp))
+		return markf(ErrPointStalled, "logical: loop %q: %s: %s -> %s", l.name, ErrPointStalled, stampString(cur), stampString(cp))
 	case -1:
-		return errors.Errorf("logical: loop %q: consistent point going backwards: %s -> %s", l.name, stampString(cur), stampString(cp))
+		return markf(ErrPointBackwards, "logical: loop %q: %s: %s -> %s", l.name, ErrPointBackwards, stampString(cur), stampString(cp))
 	}
 	buf, err := json.Marshal(cp)
 	if err != nil {
