@@ -3,11 +3,15 @@ package logical_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"testing"
+	"time"
 
 	"github.com/logical-go/logical"
 	"github.com/logical-go/logical/logicaltest"
 	"github.com/pkg/errors"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -75,4 +79,53 @@ func TestSentinelErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPointBackwardsIsLoggedAsError: a dialect that commits a replayed
+// message and then moves its point backwards has already done damage (a
+// deleted row can come back), so the restart is logged at error level
+// with the likely cause, not as the usual warning.
+func TestPointBackwardsIsLoggedAsError(t *testing.T) {
+	logger := logrus.New()
+	logger.SetOutput(io.Discard)
+	hook := logtest.NewLocal(logger)
+	d := newBadDialect()
+	d.process = func(ctx context.Context, _ <-chan logical.Message, ev logical.Events) error {
+		cp, _ := ev.GetConsistentPoint()
+		seq := cp.(*logicaltest.Stamp).Seq
+		if err := ev.SetConsistentPoint(ctx, &logicaltest.Stamp{Seq: seq + 2}); err != nil {
+			return err
+		}
+		// A replayed message, applied and committed: the damage.
+		b, err := ev.OnBegin(ctx)
+		if err != nil {
+			return err
+		}
+		if err := b.OnData(ctx, "src", badTable, oneRow); err != nil {
+			return err
+		}
+		if err := <-b.OnCommit(ctx); err != nil {
+			return err
+		}
+		return ev.SetConsistentPoint(ctx, &logicaltest.Stamp{Seq: seq + 1})
+	}
+	cfg := fastConfig(t, logicaltest.NewRecorder())
+	cfg.Logger = logger
+	startLoop(t, cfg, &logical.LoopConfig{Dialect: d, LoopName: "backwards", TargetSchema: "s"})
+
+	var entry *logrus.Entry
+	deadline := time.Now().Add(waitLong)
+	for entry == nil {
+		for _, e := range hook.AllEntries() {
+			if err, ok := e.Data[logrus.ErrorKey].(error); ok && errors.Is(err, logical.ErrPointBackwards) {
+				entry = e
+				break
+			}
+		}
+		require.True(t, time.Now().Before(deadline), "the restart after the point went backwards was not logged")
+		time.Sleep(time.Millisecond) // polling interval
+	}
+	assert.Equal(t, logrus.ErrorLevel, entry.Level, "logged as %q: %s", entry.Level, entry.Message)
+	assert.Contains(t, entry.Message, "Process did not skip messages at or before the consistent point")
+	assert.Equal(t, "backwards", entry.Data["loop"])
 }

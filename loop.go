@@ -257,7 +257,7 @@ func (l *Loop) run() {
 		case res.err != nil:
 			l.stats.processRestart(res.err)
 			delay = l.nextDelay()
-			l.log.WithError(res.err).WithField("delay", delay).Warn("loop iteration failed; restarting")
+			logRestart(l.log.WithError(res.err).WithField("delay", delay), res.err, "loop iteration failed; restarting")
 		case res.switched:
 			continue // a mode switch is no failure: start the next mode at once
 		default:
@@ -293,6 +293,22 @@ func (l *Loop) observeTicks() (stop func()) {
 		close(done)
 		<-exited
 	}
+}
+
+// backwardsCause is logged when a restart was caused by a point going
+// backwards.
+const backwardsCause = "consistent point went backwards: Process did not skip messages at or before the consistent point, " +
+	"so replayed messages may have been applied over newer data (a deleted row can come back); restarting"
+
+// logRestart logs a restart after err as a warning, or as an error when
+// err is ErrPointBackwards: then the damage is likely done already, and
+// the message says what probably caused it.
+func logRestart(log logrus.FieldLogger, err error, msg string) {
+	if errors.Is(err, ErrPointBackwards) {
+		log.Error(backwardsCause)
+		return
+	}
+	log.Warn(msg)
 }
 
 // nextDelay returns the pause before the next retry. The backoff restarts
@@ -546,7 +562,7 @@ func (l *Loop) source(
 			return false, errors.Wrap(err, "the consumer is not keeping up, so the rollback after this source error could not be delivered")
 		}
 		delay := l.nextDelay()
-		log.WithError(err).WithField("delay", delay).Warn("source failed; restarting it from the consistent point")
+		logRestart(log.WithError(err).WithField("delay", delay), err, "source failed; restarting it from the consistent point")
 		if !sleep(iter, delay) {
 			return false, nil
 		}
