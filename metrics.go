@@ -38,8 +38,8 @@ type Stats struct {
 // deliver snapshots in the order they were taken: a snapshot that a newer
 // one overtook is dropped, so counters never go back. Calls for different
 // loops may overlap. While a loop runs, Observe is also called every
-// second (statsTick) without a change, so that Lag keeps growing at the
-// observer when nothing happens.
+// second without a change, so that Lag keeps growing at the observer
+// when nothing happens.
 type Observer interface {
 	Observe(stats Stats)
 }
