@@ -57,6 +57,12 @@
 // either are recovered and treated as errors. Repeated failures back off
 // exponentially from Config.RetryDelay up to Config.MaxRetryDelay.
 //
+// Misuse is reported with errors that match a sentinel with errors.Is:
+// ErrPointStalled and ErrPointBackwards from SetConsistentPoint,
+// ErrBatchEnded from a Batch used after it ended. A point going backwards
+// is logged at error level: it usually means Process applied replayed
+// messages it should have skipped.
+//
 // # Serial and fan batches
 //
 // In serial mode (the default) each Batch is one target transaction, so

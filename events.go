@@ -41,20 +41,22 @@ type Batcher interface {
 type Batch interface {
 	// Flush waits until what was given to OnData so far is applied (fan
 	// mode), returning the first apply error. In serial mode it does
-	// nothing.
+	// nothing. After OnCommit or OnRollback it returns ErrBatchEnded.
 	Flush(ctx context.Context) error
 
 	// OnCommit ends the batch: serial mode commits the transaction, fan
 	// mode waits for the queue to drain. The channel receives exactly one
 	// value, nil or the error, and is then closed. The consistent point
-	// should only move past the batch's data once nil was received.
+	// should only move past the batch's data once nil was received. A
+	// second OnCommit, or one after OnRollback, receives ErrBatchEnded.
 	OnCommit(ctx context.Context) <-chan error
 
 	// OnData adds mutations for target, which came from the source table
 	// source (used by Config.Script for routing). The batch owns muts
 	// after the call: the caller must not modify the slice or its
 	// elements. It may block while Config.BytesInFlight bytes are queued
-	// (fan mode). Calling it after OnCommit or OnRollback is an error.
+	// (fan mode). Calling it after OnCommit or OnRollback returns
+	// ErrBatchEnded.
 	OnData(ctx context.Context, source string, target Table, muts []Mutation) error
 
 	// OnRollback abandons the batch: serial mode rolls the transaction

@@ -48,12 +48,11 @@ func Start(ctx context.Context, cfg *Config, loop *LoopConfig) (*Loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	l, err := f.Start(loop)
+	l, err := f.start(loop, true)
 	if err != nil {
 		f.Stop(0)
 		return nil, err
 	}
-	l.ownFactory = true
 	return l, nil
 }
 
@@ -61,7 +60,12 @@ func Start(ctx context.Context, cfg *Config, loop *LoopConfig) (*Loop, error) {
 // loop in the background. It fails if the configuration is invalid, a loop
 // of the same name is running, the stored point cannot be read, or the
 // target's foreign keys need Config.ForeignKeys.
-func (f *Factory) Start(cfg *LoopConfig) (*Loop, error) {
+func (f *Factory) Start(cfg *LoopConfig) (*Loop, error) { return f.start(cfg, false) }
+
+// start is Start; own marks f as made for this loop alone (the Start
+// shortcut), so that the loop stops f when it ends. It is set before the
+// loop goroutine starts, which reads it.
+func (f *Factory) start(cfg *LoopConfig, own bool) (*Loop, error) {
 	if cfg == nil {
 		return nil, errors.New("logical: LoopConfig is nil")
 	}
@@ -72,6 +76,7 @@ func (f *Factory) Start(cfg *LoopConfig) (*Loop, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.ownFactory = own
 	ctx := l.stop
 	if err := l.prepare(ctx); err != nil {
 		l.release()

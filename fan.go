@@ -55,7 +55,13 @@ type fanBatch struct {
 	b *fan.Batch[Table, Mutation]
 }
 
-func (b *fanBatch) Flush(ctx context.Context) error { return b.b.Flush(ctx) }
+func (b *fanBatch) Flush(ctx context.Context) error {
+	err := b.b.Flush(ctx)
+	if errors.Is(err, fan.ErrEnded) {
+		return ErrBatchEnded
+	}
+	return err
+}
 
 func (b *fanBatch) OnData(ctx context.Context, _ string, target Table, muts []Mutation) error {
 	if len(muts) == 0 {
@@ -63,7 +69,7 @@ func (b *fanBatch) OnData(ctx context.Context, _ string, target Table, muts []Mu
 	}
 	err := b.b.Add(ctx, target, muts)
 	if errors.Is(err, fan.ErrEnded) {
-		return errEnded
+		return ErrBatchEnded
 	}
 	return err
 }
@@ -74,7 +80,7 @@ func (b *fanBatch) OnCommit(ctx context.Context) <-chan error { return result1(b
 func (b *fanBatch) commit(ctx context.Context) error {
 	err := b.b.Commit(ctx)
 	if errors.Is(err, fan.ErrEnded) {
-		err = errEnded
+		err = ErrBatchEnded
 	}
 	return err
 }

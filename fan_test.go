@@ -273,3 +273,49 @@ func TestFanBatchSemantics(t *testing.T) {
 		assert.Zero(t, target.Count(tbl), "a mutation still pending was applied after the rollback")
 	})
 }
+
+// TestFanApplyPanicRestartsIteration: a panic in Target.Apply in fan mode
+// (Immediate, and backfill) is recovered like one in serial mode: the
+// iteration fails with an error that carries the panic and its stack, and
+// the loop restarts and converges. It used to kill the process
+// ("sync: unlock of unlocked mutex").
+func TestFanApplyPanicRestartsIteration(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		backfill bool
+	}{
+		{name: "immediate"},
+		{name: "backfill", backfill: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			const n = 30
+			target := logicaltest.NewRecorder()
+			var calls atomic.Int64
+			target.Hook = func(context.Context, logical.Table, []logical.Mutation) error {
+				if calls.Add(1) == 5 {
+					panic("target exploded")
+				}
+				return nil
+			}
+			gen := logicaltest.NewGenerator(n)
+			cfg := fastConfig(t, target)
+			if tc.backfill {
+				gen.Base = time.Now().Add(-time.Hour)
+				cfg.BackfillWindow = time.Minute
+			} else {
+				cfg.Immediate = true
+			}
+			l := startLoop(t, cfg, &logical.LoopConfig{Dialect: gen, LoopName: "panic-" + tc.name, TargetSchema: "s"})
+			waitForSeq(t, l, n-1)
+			st := l.Stats()
+			assert.Contains(t, st.LastError, "panic in Apply: target exploded")
+			assert.Contains(t, st.LastError, "fan_test.go", "the error carries the stack")
+			assert.Positive(t, st.ProcessRestarts)
+			assert.Equal(t, st.Backfilling, tc.backfill)
+			for _, tbl := range logicaltest.Tables("s", 4) {
+				assert.Equal(t, n, target.Count(tbl), "%s", tbl)
+			}
+		})
+	}
+}

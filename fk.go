@@ -70,7 +70,7 @@ func (b *fkBatch) Flush(ctx context.Context) error { return b.inner.Flush(ctx) }
 
 func (b *fkBatch) OnData(ctx context.Context, source string, target Table, muts []Mutation) error {
 	if b.ended {
-		return errEnded
+		return ErrBatchEnded
 	}
 	lvl, ok := b.order.level[target]
 	if !ok {
@@ -195,7 +195,7 @@ func (b *fkBatch) release(ctx context.Context) error {
 
 func (b *fkBatch) OnCommit(ctx context.Context) <-chan error {
 	if b.ended {
-		return result1(errEnded)
+		return result1(ErrBatchEnded)
 	}
 	b.ended = true
 	if err := b.release(ctx); err != nil {

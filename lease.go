@@ -14,7 +14,9 @@ import (
 //
 // The loop calls Acquire at the start of each iteration, from the loop's
 // goroutine, and repeats it until it succeeds: a *LeaseBusyError makes the
-// loop wait until the lease's expiration (plus a little jitter); any other
+// loop wait until the lease's expiration, but at least 50ms (an
+// expiration in the past, from a holder whose clock runs behind, does not
+// make the loop spin), plus up to 100ms of jitter; any other
 // error ends the iteration, and the loop tries again after
 // Config.RetryDelay. Everything in the iteration then runs under a context
 // derived from Lease.Context, and the loop calls Release when the
@@ -35,7 +37,7 @@ type Lease interface {
 
 // LeaseBusyError is returned by Lessor.Acquire when another holder has the
 // lease. Expiration is when the holder's current term ends; the loop tries
-// again then.
+// again then (plus jitter), and no sooner than 50ms from now.
 type LeaseBusyError struct {
 	Expiration time.Time
 }

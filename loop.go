@@ -28,6 +28,13 @@ const channelBuffer = 32
 // once.
 const leaseJitter = 100 * time.Millisecond
 
+// leaseMinWait is the least time the loop waits after a busy lease before
+// it calls Acquire again, even if the reported expiration has passed
+// already (a holder whose clock runs behind): 50ms plus the jitter keeps
+// such a standby from calling Acquire in a tight loop, and costs little
+// when the lease is really free.
+const leaseMinWait = 50 * time.Millisecond
+
 // mode is how an iteration fills and applies.
 type mode int
 
@@ -126,7 +133,7 @@ func (l *Loop) prepare(ctx context.Context) error {
 	}
 	l.initial = cp
 	l.cp.Set(cp)
-	l.stats.setPoint(cp, false)
+	l.stats.setPoint(cp)
 	return nil
 }
 
@@ -223,10 +230,10 @@ func (l *Loop) Stop(grace time.Duration) { l.stop.Stop(grace) }
 func (l *Loop) release() {
 	l.factory.forget(l)
 	l.stop.Release()
-	close(l.stopped)
 	if l.ownFactory {
-		l.factory.Stop(0)
+		l.factory.Stop(0) // before Stopped closes, so that it implies this
 	}
+	close(l.stopped)
 }
 
 // done reports whether the loop has been asked to stop.
@@ -235,6 +242,9 @@ func (l *Loop) done() bool { return l.stop.IsStopping() || l.stop.Err() != nil }
 // run is the loop's goroutine: iterations until shutdown.
 func (l *Loop) run() {
 	defer l.release()
+	if l.factory.cfg.Observer != nil {
+		defer l.observeTicks()()
+	}
 	l.log.WithField("stamp", stampString(l.initial)).Info("loop started")
 	defer l.log.Info("loop stopped")
 	for first := true; !l.done(); first = false {
@@ -247,7 +257,7 @@ func (l *Loop) run() {
 		case res.err != nil:
 			l.stats.processRestart(res.err)
 			delay = l.nextDelay()
-			l.log.WithError(res.err).WithField("delay", delay).Warn("loop iteration failed; restarting")
+			logRestart(l.log.WithError(res.err).WithField("delay", delay), res.err, "loop iteration failed; restarting")
 		case res.switched:
 			continue // a mode switch is no failure: start the next mode at once
 		default:
@@ -258,6 +268,47 @@ func (l *Loop) run() {
 			return
 		}
 	}
+}
+
+// observeTicks starts the goroutine that shows the observer a snapshot
+// every statsTick, so that a growing Lag is exported while nothing
+// happens. The returned function stops it and waits for it to exit.
+func (l *Loop) observeTicks() (stop func()) {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(statsTick)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				l.stats.tick()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
+// backwardsCause is logged when a restart was caused by a point going
+// backwards.
+const backwardsCause = "consistent point went backwards: Process did not skip messages at or before the consistent point, " +
+	"so replayed messages may have been applied over newer data (a deleted row can come back); restarting"
+
+// logRestart logs a restart after err as a warning, or as an error when
+// err is ErrPointBackwards: then the damage is likely done already, and
+// the message says what probably caused it.
+func logRestart(log logrus.FieldLogger, err error, msg string) {
+	if errors.Is(err, ErrPointBackwards) {
+		log.Error(backwardsCause)
+		return
+	}
+	log.Warn(msg)
 }
 
 // nextDelay returns the pause before the next retry. The backoff restarts
@@ -324,6 +375,7 @@ func (l *Loop) runOnce(first bool) result {
 			return result{err: err}
 		}
 		l.cpMu.Lock()
+		l.stats.setPoint(cp)
 		l.cp.Set(cp)
 		l.cpMu.Unlock()
 	}
@@ -356,12 +408,18 @@ func (l *Loop) acquire(lessor Lessor) (Lease, error) {
 		if !ok {
 			return nil, errors.Wrapf(err, "logical: loop %q: acquiring the lease", l.name)
 		}
-		wait := time.Until(busy.Expiration) + jitter(leaseJitter)
+		wait := busyWait(time.Until(busy.Expiration))
 		l.log.WithField("wait", wait).Debug("lease busy; waiting")
 		if !sleep(l.stop, wait) {
 			return nil, nil
 		}
 	}
+}
+
+// busyWait returns how long to wait for a lease that is busy for another
+// until: at least leaseMinWait, plus jitter.
+func busyWait(until time.Duration) time.Duration {
+	return max(until, leaseMinWait) + jitter(leaseJitter)
 }
 
 // chooseMode picks the strategy for the current point.
@@ -504,7 +562,7 @@ func (l *Loop) source(
 			return false, errors.Wrap(err, "the consumer is not keeping up, so the rollback after this source error could not be delivered")
 		}
 		delay := l.nextDelay()
-		log.WithError(err).WithField("delay", delay).Warn("source failed; restarting it from the consistent point")
+		logRestart(log.WithError(err).WithField("delay", delay), err, "source failed; restarting it from the consistent point")
 		if !sleep(iter, delay) {
 			return false, nil
 		}
@@ -582,9 +640,9 @@ func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp, iter context.Co
 	cur := l.cp.Peek()
 	switch Compare(cp, cur) {
 	case 0:
-		return errors.Errorf("logical: loop %q: consistent point stalled: %s -> %s", l.name, stampString(cur), stampString(cp))
+		return markf(ErrPointStalled, "logical: loop %q: %s: %s -> %s", l.name, ErrPointStalled, stampString(cur), stampString(cp))
 	case -1:
-		return errors.Errorf("logical: loop %q: consistent point going backwards: %s -> %s", l.name, stampString(cur), stampString(cp))
+		return markf(ErrPointBackwards, "logical: loop %q: %s: %s -> %s", l.name, ErrPointBackwards, stampString(cur), stampString(cp))
 	}
 	buf, err := json.Marshal(cp)
 	if err != nil {
@@ -609,7 +667,7 @@ func (l *Loop) setConsistentPoint(ctx context.Context, cp Stamp, iter context.Co
 	}
 	// Stats first, so that whoever wakes up on the new point reads stats
 	// that already include it.
-	l.stats.setPoint(cp, true)
+	l.stats.setPoint(cp)
 	l.cp.Set(cp)
 	return nil
 }

@@ -166,6 +166,33 @@ func TestLease(t *testing.T) {
 		assert.False(t, second.Before(expiry), "retried at %v, before the expiry %v", second, expiry)
 	})
 
+	t.Run("busy with an expiration in the past waits at least the minimum", func(t *testing.T) {
+		// A holder whose clock runs behind reports an expiration that has
+		// passed already; Acquire used to be called again at once, in a
+		// tight loop. Each interval is a lower bound (a sleep never ends
+		// early), so this cannot flake; before the fix most intervals were
+		// a bare jitter in [0, 100ms).
+		const busy = 8
+		leases := logical.NewMemoryLeases(time.Minute)
+		gen := logicaltest.NewGenerator(n)
+		d := &leased{Generator: gen, times: make(chan time.Time, busy+1)}
+		d.acquire = func(ctx context.Context) (logical.Lease, error) {
+			if d.calls.Load() <= busy {
+				return nil, &logical.LeaseBusyError{Expiration: time.Now().Add(-time.Hour)}
+			}
+			return leases.Acquire(ctx, "past")
+		}
+		l := startLoop(t, fastConfig(t, logicaltest.NewRecorder()), &logical.LoopConfig{Dialect: d, LoopName: "past", TargetSchema: "s"})
+		waitForSeq(t, l, n-1)
+		require.Equal(t, int64(busy+1), d.calls.Load())
+		prev := <-d.times
+		for i := 1; i <= busy; i++ {
+			next := <-d.times
+			assert.GreaterOrEqual(t, next.Sub(prev), logical.LeaseMinWait, "Acquire call %d came too soon after call %d", i+1, i)
+			prev = next
+		}
+	})
+
 	t.Run("lost mid-run stops the work and re-acquires", func(t *testing.T) {
 		leases := logical.NewMemoryLeases(time.Minute)
 		gen := logicaltest.NewGenerator(n)

@@ -124,8 +124,14 @@ func (m *FileMemo) Get(_ context.Context, key string) ([]byte, error) {
 	return buf, nil
 }
 
-// Put implements Memo.
-func (m *FileMemo) Put(_ context.Context, key string, value []byte) error {
+// Put implements Memo. Like MemoryMemo, it refuses a write whose context
+// is done: it checks ctx before it writes and again before the rename that
+// makes the value visible, so a loop that lost its lease cannot store a
+// point late (a Put whose rename has begun completes).
+func (m *FileMemo) Put(ctx context.Context, key string, value []byte) error {
+	if err := ctx.Err(); err != nil {
+		return errors.Wrapf(err, "logical: FileMemo: writing key %q", key)
+	}
 	final := m.path(key)
 	tmp, err := os.CreateTemp(m.dir, ".tmp-*")
 	if err != nil {
@@ -144,6 +150,10 @@ func (m *FileMemo) Put(_ context.Context, key string, value []byte) error {
 	}
 	if err := tmp.Close(); err != nil {
 		return fail(err)
+	}
+	if err := ctx.Err(); err != nil {
+		_ = os.Remove(tmp.Name())
+		return errors.Wrapf(err, "logical: FileMemo: writing key %q", key)
 	}
 	if err := os.Rename(tmp.Name(), final); err != nil {
 		_ = os.Remove(tmp.Name())

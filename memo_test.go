@@ -85,3 +85,56 @@ func TestFileMemoErrors(t *testing.T) {
 	_, err = memo.Get(context.Background(), "isdir")
 	assert.ErrorContains(t, err, `key "isdir"`)
 }
+
+// doneAfter is a context whose Err is nil for its first n calls and
+// context.Canceled after: it ends between two checks of one Put.
+type doneAfter struct {
+	context.Context
+	n     int
+	calls int
+}
+
+func (c *doneAfter) Err() error {
+	c.calls++
+	if c.calls > c.n {
+		return context.Canceled
+	}
+	return nil
+}
+
+// TestMemoPutHonoursContext: a Put whose context is done writes nothing,
+// also when the context ends while the value is being written (before the
+// rename). The loop relies on it: SetConsistentPoint calls Put under the
+// iteration's context, which a lost lease cancels. FileMemo used to ignore
+// its context.
+func TestMemoPutHonoursContext(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	file, err := logical.NewFileMemo(dir)
+	require.NoError(t, err)
+	for name, memo := range map[string]logical.Memo{"memory": logical.NewMemoryMemo(), "file": file} {
+		t.Run(name, func(t *testing.T) {
+			require.NoError(t, memo.Put(ctx, "k", []byte("old")))
+			cancelled, cancel := context.WithCancel(ctx)
+			cancel()
+			err := memo.Put(cancelled, "k", []byte("new"))
+			assert.ErrorIs(t, err, context.Canceled)
+			v, err := memo.Get(ctx, "k")
+			require.NoError(t, err)
+			assert.Equal(t, "old", string(v), "a Put with a done context wrote")
+		})
+	}
+	t.Run("file, context done during the write", func(t *testing.T) {
+		require.NoError(t, file.Put(ctx, "late", []byte("old")))
+		err := file.Put(&doneAfter{Context: ctx, n: 1}, "late", []byte("new"))
+		assert.ErrorIs(t, err, context.Canceled)
+		v, err := file.Get(ctx, "late")
+		require.NoError(t, err)
+		assert.Equal(t, "old", string(v), "the value was renamed into place after the context ended")
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, e := range entries {
+			assert.NotContains(t, e.Name(), ".tmp-", "a temporary file was left behind")
+		}
+	})
+}

@@ -17,7 +17,9 @@ type Stats struct {
 	Point       Stamp
 	PointTime   time.Time
 	PointOffset uint64
-	// Lag is how far PointTime was behind the clock when it was set.
+	// Lag is how far PointTime is behind the clock when the snapshot is
+	// taken, so it keeps growing while no new point is set (a stuck or
+	// idle loop). Zero while the point has no time.
 	Lag time.Duration
 	// Backfilling is true while the loop runs in backfill mode.
 	Backfilling bool
@@ -32,21 +34,36 @@ type Stats struct {
 
 // An Observer is told about changes of each loop's Stats, for example to
 // export them as metrics. Observe is called synchronously from the loop's
-// goroutines, possibly concurrently for different loops, and must be quick.
+// goroutines and must be quick. Calls for one loop never overlap, and
+// deliver snapshots in the order they were taken: a snapshot that a newer
+// one overtook is dropped, so counters never go back. Calls for different
+// loops may overlap. While a loop runs, Observe is also called every
+// second without a change, so that Lag keeps growing at the observer
+// when nothing happens.
 type Observer interface {
 	Observe(stats Stats)
 }
+
+// statsTick is how often a running loop shows its observer a snapshot
+// even without a change, so that a growing Lag is seen.
+const statsTick = time.Second
 
 // statsKeeper holds a loop's Stats.
 type statsKeeper struct {
 	mu       sync.Mutex
 	s        Stats
+	seq      uint64           // snapshots taken for the observer
+	now      func() time.Time // the clock for Lag; time.Now
 	observer Observer
+
+	deliverMu sync.Mutex // serializes Observe calls
+	delivered uint64     // seq of the last snapshot delivered
 }
 
 func (k *statsKeeper) init(name string, o Observer) {
 	k.s.LoopName = name
 	k.observer = o
+	k.now = time.Now
 }
 
 // update changes the stats under the lock and tells the observer.
@@ -57,25 +74,49 @@ func (k *statsKeeper) update(fn func(s *Stats)) {
 		k.mu.Unlock()
 		return
 	}
-	snap := k.s
+	k.seq++
+	seq, snap := k.seq, k.snapshotLocked()
 	k.mu.Unlock()
+	k.deliver(seq, snap)
+}
+
+// deliver shows snap, taken as number seq, to the observer, unless a newer
+// snapshot was shown already.
+func (k *statsKeeper) deliver(seq uint64, snap Stats) {
+	k.deliverMu.Lock()
+	defer k.deliverMu.Unlock()
+	if seq <= k.delivered {
+		return // a newer snapshot overtook this one
+	}
+	k.delivered = seq
 	k.observer.Observe(snap)
 }
+
+// tick shows the observer a fresh snapshot, with the current Lag.
+func (k *statsKeeper) tick() { k.update(func(*Stats) {}) }
 
 func (k *statsKeeper) snapshot() Stats {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.s
+	return k.snapshotLocked()
 }
 
-func (k *statsKeeper) setPoint(cp Stamp, live bool) {
+// snapshotLocked returns the stats with Lag as of now. The caller holds
+// k.mu.
+func (k *statsKeeper) snapshotLocked() Stats {
+	s := k.s
+	if !s.PointTime.IsZero() {
+		s.Lag = k.now().Sub(s.PointTime)
+	}
+	return s
+}
+
+func (k *statsKeeper) setPoint(cp Stamp) {
 	k.update(func(s *Stats) {
 		s.Point = cp
+		s.PointTime = time.Time{}
 		if ts, ok := cp.(TimeStamp); ok {
 			s.PointTime = ts.AsTime()
-			if live {
-				s.Lag = time.Since(s.PointTime)
-			}
 		}
 		if os, ok := cp.(OffsetStamp); ok {
 			s.PointOffset = os.AsOffset()

@@ -193,3 +193,46 @@ func TestDiagnostic(t *testing.T) {
 		assert.NotContains(t, l.Diagnostic(), "dialect")
 	})
 }
+
+// TestLagGrowsWhileNoPointIsSet: a loop whose point stops moving reports a
+// growing Lag, both from Stats and to its observer, which is shown a
+// fresh snapshot every second even though nothing changes. Lag used to be
+// computed once, when the point was set, so a stuck loop reported its
+// last small lag forever.
+func TestLagGrowsWhileNoPointIsSet(t *testing.T) {
+	t.Parallel()
+	obs := &statsRecorder{}
+	p := newProbe()
+	cfg := fastConfig(t, logical.NewMemoryTarget())
+	cfg.Observer = obs
+	l := startLoop(t, cfg, &logical.LoopConfig{Dialect: p, LoopName: "lag", TargetSchema: "s"})
+	ev := waitChan(t, p.events, "Process")
+	at := time.Now()
+	require.NoError(t, ev.SetConsistentPoint(context.Background(), &logicaltest.Stamp{Seq: 1, Time: at}))
+
+	// Two observed snapshots of the same point, the later with more lag:
+	// only the periodic snapshot can show that, as nothing else changes.
+	atPoint := func(s logical.Stats) bool { return logical.Compare(s.Point, &logicaltest.Stamp{Seq: 1}) == 0 }
+	deadline := time.Now().Add(waitLong)
+	for {
+		obs.mu.Lock()
+		var lags []time.Duration
+		for _, s := range obs.snaps {
+			if atPoint(s) {
+				lags = append(lags, s.Lag)
+			}
+		}
+		obs.mu.Unlock()
+		if len(lags) >= 2 && lags[len(lags)-1] > lags[0] {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the observer never saw the lag grow: %v", lags)
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+	// Stats measures the lag when called: at least the time elapsed
+	// since the point's time (a lower bound, which cannot flake).
+	elapsed := time.Since(at)
+	s := l.Stats()
+	require.True(t, atPoint(s))
+	assert.GreaterOrEqual(t, s.Lag, elapsed)
+}

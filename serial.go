@@ -25,11 +25,16 @@ type serialBatch struct {
 	ended bool
 }
 
-func (b *serialBatch) Flush(context.Context) error { return nil }
+func (b *serialBatch) Flush(context.Context) error {
+	if b.ended {
+		return ErrBatchEnded
+	}
+	return nil
+}
 
 func (b *serialBatch) OnData(ctx context.Context, _ string, target Table, muts []Mutation) error {
 	if b.ended {
-		return errEnded
+		return ErrBatchEnded
 	}
 	if len(muts) == 0 {
 		return nil
@@ -46,7 +51,7 @@ func (b *serialBatch) OnCommit(ctx context.Context) <-chan error { return result
 // commit implements syncCommitter.
 func (b *serialBatch) commit(ctx context.Context) error {
 	if b.ended {
-		return errEnded
+		return ErrBatchEnded
 	}
 	b.ended = true
 	return errors.Wrap(b.tx.Commit(ctx), "logical: committing the target transaction")
@@ -59,9 +64,6 @@ func (b *serialBatch) OnRollback(ctx context.Context) error {
 	b.ended = true
 	return errors.Wrap(b.tx.Rollback(ctx), "logical: rolling back the target transaction")
 }
-
-// errEnded is returned by a batch used after OnCommit or OnRollback.
-var errEnded = errors.New("logical: batch used after OnCommit or OnRollback")
 
 // A syncCommitter is a Batch whose OnCommit finishes before it returns.
 // Decorators call commit instead of OnCommit, which spares the channel of

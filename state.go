@@ -18,7 +18,9 @@ type State interface {
 	// after the Memo accepted it, so a point a crash would lose is never
 	// observed. It returns when both are done. A point that is not
 	// strictly after the current one is an error, as is a failed Memo.Put
-	// (the point is then unchanged). Concurrent calls are serialized.
+	// (the point is then unchanged): ErrPointStalled for an equal point,
+	// ErrPointBackwards for an earlier one (match with errors.Is).
+	// Concurrent calls are serialized.
 	SetConsistentPoint(ctx context.Context, cp Stamp) error
 
 	// Stopping is closed when the loop iteration is asked to stop, for

@@ -16,6 +16,7 @@ package fan
 
 import (
 	"context"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -58,7 +59,9 @@ const maxReuse = 16
 // Config configures a Queue.
 type Config[T comparable, M any] struct {
 	// Apply writes items to table. It is called concurrently for
-	// different lanes. The queue reuses items once Apply returned.
+	// different lanes. The queue reuses items once Apply returned. A
+	// panic in Apply fails the chunk's batch with an error holding the
+	// panic and its stack, as a returned error would.
 	Apply func(ctx context.Context, table T, items []M) error
 	// Hash returns the key hash of an item.
 	Hash func(M) uint64
@@ -499,7 +502,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			if timed {
 				start = time.Now()
 			}
-			err := q.cfg.Apply(ctx, ln.table, c.items)
+			err := q.apply(ctx, ln.table, c.items)
 			var took time.Duration
 			if timed {
 				took = time.Since(start)
@@ -519,4 +522,17 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	}
 	ln.queue = ln.queue[:0]
 	ln.busy = false
+}
+
+// apply calls Config.Apply, turning a panic into an error that carries the
+// panic's stack. runLocked releases q.mu around the call, so a panic that
+// went on up would unlock q.mu a second time on its way out, which is a
+// fatal error no recover can catch; and a worker has nobody to recover it.
+func (q *Queue[T, M]) apply(ctx context.Context, table T, items []M) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = errors.Errorf("panic in Apply: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return q.cfg.Apply(ctx, table, items)
 }
