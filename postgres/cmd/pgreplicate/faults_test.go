@@ -241,7 +241,9 @@ func TestFaultSourceConnectionStalls(t *testing.T) {
 	dumpOnFailure(t, "pgreplicate", log)
 	ctx, cancel := context.WithCancel(context.Background())
 	status := make(chan int, 1)
-	go func() { status <- run(ctx, append(withArg(r.args(), "--sourceConn", px.url(r.src.URL)), faultFlags...), log) }()
+	go func() {
+		status <- run(ctx, append(withArg(r.args(), "--sourceConn", px.url(r.src.URL)), faultFlags...), log)
+	}()
 	stop := func() int {
 		cancel()
 		select {
