@@ -56,6 +56,16 @@ var ErrSourceSilent = errors.New("pglogical: the source went silent")
 // loop restarts ReadInto after its retry delay.
 var ErrStreamEnded = errors.New("pglogical: the source server ended the replication stream")
 
+// sentinelError is an error with its own text that matches a sentinel
+// with errors.Is.
+type sentinelError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *sentinelError) Error() string        { return e.msg }
+func (e *sentinelError) Is(target error) bool { return target == e.sentinel }
+
 // Progress is where a target records the applied position, written in the
 // same target transaction as the data; pgstore.Progress is one.
 type Progress interface {
@@ -229,7 +239,8 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	defer cancelStart()
 	timedOut := func(err error, what string) error {
 		if errors.Is(startCtx.Err(), context.DeadlineExceeded) {
-			return errors.Wrapf(ErrSourceSilent, "pglogical: %s took longer than the source timeout %s", what, d.cfg.SourceTimeout)
+			return errors.WithStack(&sentinelError{ErrSourceSilent,
+				fmt.Sprintf("pglogical: %s took longer than the source timeout %s", what, d.cfg.SourceTimeout)})
 		}
 		return err
 	}
@@ -342,8 +353,9 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		if d.cfg.SourceTimeout > 0 {
 			quiet := now.Sub(lastRecv)
 			if quiet >= d.cfg.SourceTimeout {
-				return errors.Wrapf(ErrSourceSilent, "pglogical: no message or keepalive from the source for %s (source timeout %s); presuming the connection dead",
-					quiet.Round(time.Millisecond), d.cfg.SourceTimeout)
+				return errors.WithStack(&sentinelError{ErrSourceSilent,
+					fmt.Sprintf("pglogical: no message or keepalive from the source for %s (source timeout %s); presuming the connection dead",
+						quiet.Round(time.Millisecond), d.cfg.SourceTimeout)})
 			}
 			if !pinged && quiet >= pingAfter {
 				ping, nextAck = true, now
@@ -421,8 +433,9 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		case *pgproto3.ErrorResponse:
 			return errors.Wrap(pgconn.ErrorResponseToPgError(msg), "pglogical: the source ended replication")
 		case *pgproto3.CopyDone, *pgproto3.CommandComplete, *pgproto3.ReadyForQuery:
-			return errors.Wrapf(ErrStreamEnded, "pglogical: the source server ended the replication stream (%s); it may be shutting down or restarting",
-				strings.TrimPrefix(fmt.Sprintf("%T", raw), "*pgproto3."))
+			return errors.WithStack(&sentinelError{ErrStreamEnded,
+				fmt.Sprintf("pglogical: the source server ended the replication stream (%s); it may be shutting down or restarting",
+					strings.TrimPrefix(fmt.Sprintf("%T", raw), "*pgproto3."))})
 		default:
 			return errors.Errorf("pglogical: unexpected message %T from the source", raw)
 		}

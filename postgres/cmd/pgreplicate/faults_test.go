@@ -364,5 +364,6 @@ func TestFaultSourceRestart(t *testing.T) {
 		t.Logf("%s restart: applying again %s after the server was back", mode, took.Round(time.Millisecond))
 	}
 	assert.NotContains(t, p.log.String(), "unexpected message", "the end of the stream is named")
+	assert.Contains(t, p.log.String(), "the source server ended the replication stream (CommandComplete)", "after the fast shutdown")
 	finish(t, r, l, watch, func() int { return p.terminate(t) })
 }
