@@ -68,6 +68,7 @@ func passwordRole(t *testing.T, db *pgtest.DB) {
 // TestBadConfigurationExits: configuration that cannot fix itself makes
 // pgreplicate exit with status 1 and one line naming the problem.
 func TestBadConfigurationExits(t *testing.T) {
+	t.Parallel()
 	r := newReplication(t, `CREATE TABLE kv (k INT PRIMARY KEY, v TEXT)`)
 	base := r.args()
 	tcs := []struct {
@@ -129,6 +130,7 @@ func TestBadConfigurationExits(t *testing.T) {
 // (and pgreplicate restarted, which a changed column type still needs,
 // issue 13.4), the change arrives.
 func TestBadTargetRetries(t *testing.T) {
+	t.Parallel()
 	tcs := []struct {
 		name      string
 		src, dst  string
