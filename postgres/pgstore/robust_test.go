@@ -157,3 +157,45 @@ func TestMemoPutIsFencedByTheLease(t *testing.T) {
 	require.NoError(t, memo.Put(ctx, "loop", []byte("no lease")))
 	assert.Equal(t, "no lease", value())
 }
+
+// TestLeaseRenewalSurvivesAFailedUpdate: a renewal that fails (here: a
+// trigger raises an error) is retried while the term lasts instead of
+// giving the lease up.
+func TestLeaseRenewalSurvivesAFailedUpdate(t *testing.T) {
+	db := pgtest.NewDB(t, "lease")
+	ctx := context.Background()
+	leases, err := pgstore.NewLeases(ctx, db.Pool, "", 3*time.Second, "a")
+	require.NoError(t, err)
+	l, err := leases.Acquire(ctx, "flaky")
+	require.NoError(t, err)
+	defer l.Release()
+	// The sequence counts failures outside the failing transactions.
+	db.Exec(t, `CREATE SEQUENCE renew_failures`,
+		`CREATE FUNCTION fail_renewal() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			PERFORM nextval('renew_failures');
+			RAISE EXCEPTION 'renewal refused by the test';
+		END $$`,
+		`CREATE TRIGGER fail_renewal BEFORE UPDATE ON _logical.leases FOR EACH ROW EXECUTE FUNCTION fail_renewal()`)
+	pgtest.Eventually(t, 30*time.Second, "two failed renewals", func() bool {
+		require.NoError(t, l.Context().Err(), "the lease was given up after a failed renewal")
+		return query(t, db, `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM renew_failures`) >= 2
+	})
+	require.NoError(t, l.Context().Err(), "the lease was given up after a failed renewal")
+	db.Exec(t, `DROP TRIGGER fail_renewal ON _logical.leases`)
+	var old time.Time
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT expires FROM _logical.leases WHERE name = 'flaky'`).Scan(&old))
+	pgtest.Eventually(t, 30*time.Second, "a renewal once the failures stop", func() bool {
+		var renewed bool
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT expires > $1 FROM _logical.leases WHERE name = 'flaky'`, old).Scan(&renewed))
+		return renewed
+	})
+	assert.NoError(t, l.Context().Err(), "the lease survived")
+}
+
+func query(t *testing.T, db *pgtest.DB, sql string) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, db.Pool.QueryRow(context.Background(), sql).Scan(&n))
+	return n
+}
