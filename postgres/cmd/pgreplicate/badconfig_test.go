@@ -194,3 +194,15 @@ func TestBadTargetRetries(t *testing.T) {
 		})
 	}
 }
+
+func TestSourceTimeoutFlag(t *testing.T) {
+	base := []string{"--sourceConn", "postgres://h/a", "--targetConn", "postgres://h/b", "--publicationName", "p", "--slotName", "s"}
+	for _, tc := range []struct{ value, want string }{
+		{"10ms", "--sourceTimeout must be 0 (off) or at least 100ms, got 10ms"},
+		{"-1s", "durations must not be negative"},
+	} {
+		code, text := runOnce(t, append(base, "--sourceTimeout", tc.value))
+		assert.Equal(t, 2, code)
+		assert.Contains(t, text, tc.want)
+	}
+}
