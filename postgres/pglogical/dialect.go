@@ -38,7 +38,33 @@ const (
 	DefaultStandbyTimeout = 5 * time.Second
 	DefaultFlushRows      = 1000
 	DefaultFlushBytes     = 4 << 20
+	// DefaultSourceTimeout matches the server's default
+	// wal_sender_timeout, after which the server gives up on a silent
+	// client in the same way.
+	DefaultSourceTimeout = 60 * time.Second
 )
+
+// ErrSourceSilent is wrapped by the error ReadInto returns when the source
+// sent nothing, not even a keepalive answering a status update that asked
+// for one, for Config.SourceTimeout. The loop then restarts ReadInto after
+// its retry delay, which opens a new connection.
+var ErrSourceSilent = errors.New("pglogical: the source went silent")
+
+// ErrStreamEnded is wrapped by the error ReadInto returns when the server
+// ended the replication stream without an error (CopyDone,
+// CommandComplete), as a walsender does when its server shuts down. The
+// loop restarts ReadInto after its retry delay.
+var ErrStreamEnded = errors.New("pglogical: the source server ended the replication stream")
+
+// sentinelError is an error with its own text that matches a sentinel
+// with errors.Is.
+type sentinelError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *sentinelError) Error() string        { return e.msg }
+func (e *sentinelError) Is(target error) bool { return target == e.sentinel }
 
 // Progress is where a target records the applied position, written in the
 // same target transaction as the data; pgstore.Progress is one.
@@ -64,6 +90,15 @@ type Config struct {
 	// StandbyTimeout is how often ReadInto sends a status update to the
 	// server. Default 5s.
 	StandbyTimeout time.Duration
+	// SourceTimeout is how long ReadInto waits without receiving anything
+	// from the server (data or keepalive) before it presumes the
+	// connection dead and returns an error wrapping ErrSourceSilent, so
+	// that the loop reconnects; it also bounds connecting and starting
+	// the slot. Once a third of it passed in silence, ReadInto sends a
+	// status update that asks the server to reply, so an idle but live
+	// server always answers in time. Default 60s (DefaultSourceTimeout);
+	// negative disables the check.
+	SourceTimeout time.Duration
 	// PointEvery is the least time between two consistent points set by
 	// Process (each is a Memo write). Zero means StandbyTimeout; a
 	// negative value sets a point after every transaction.
@@ -107,6 +142,8 @@ func New(cfg Config) (*Dialect, error) {
 		return nil, errors.New("pglogical: Config.Publications needs at least one publication")
 	case cfg.StandbyTimeout < 0:
 		return nil, errors.Errorf("pglogical: Config.StandbyTimeout must not be negative, got %s", cfg.StandbyTimeout)
+	case cfg.SourceTimeout > 0 && cfg.SourceTimeout < 10*time.Millisecond:
+		return nil, errors.Errorf("pglogical: Config.SourceTimeout must be negative (off), 0 (default) or at least 10ms, got %s", cfg.SourceTimeout)
 	case cfg.FlushRows < 0 || cfg.FlushBytes < 0:
 		return nil, errors.New("pglogical: Config.FlushRows and Config.FlushBytes must not be negative")
 	}
@@ -120,6 +157,12 @@ func New(cfg Config) (*Dialect, error) {
 	}
 	if cfg.StandbyTimeout == 0 {
 		cfg.StandbyTimeout = DefaultStandbyTimeout
+	}
+	switch {
+	case cfg.SourceTimeout == 0:
+		cfg.SourceTimeout = DefaultSourceTimeout
+	case cfg.SourceTimeout < 0:
+		cfg.SourceTimeout = 0
 	}
 	switch {
 	case cfg.PointEvery == 0:
@@ -162,8 +205,10 @@ type (
 // starts the slot at the consistent point and sends every decoded message
 // into ch. Every StandbyTimeout, whenever the server asks for a reply, and
 // once more before it returns, it sends a status update that confirms the
-// persisted consistent point and nothing later. It returns nil once
-// state.Stopping() closes.
+// persisted consistent point and nothing later. When the server has been
+// silent for a third of SourceTimeout, a status update asks it to reply;
+// after SourceTimeout of silence ReadInto returns an error wrapping
+// ErrSourceSilent. It returns nil once state.Stopping() closes.
 func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
 	// stopCtx ends when the loop asks us to stop, so that a blocking
 	// receive returns.
@@ -185,12 +230,26 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 	}
 
-	conn, err := d.connect(stopCtx)
+	// Connecting and starting the slot are bounded too: a network path
+	// that drops everything would otherwise hang here for good.
+	startCtx, cancelStart := stopCtx, context.CancelFunc(func() {})
+	if d.cfg.SourceTimeout > 0 {
+		startCtx, cancelStart = context.WithTimeout(stopCtx, d.cfg.SourceTimeout)
+	}
+	defer cancelStart()
+	timedOut := func(err error, what string) error {
+		if errors.Is(startCtx.Err(), context.DeadlineExceeded) {
+			return errors.WithStack(&sentinelError{ErrSourceSilent,
+				fmt.Sprintf("pglogical: %s took longer than the source timeout %s", what, d.cfg.SourceTimeout)})
+		}
+		return err
+	}
+	conn, err := d.connect(startCtx)
 	if err != nil {
 		if stopping() {
 			return nil
 		}
-		return err
+		return timedOut(err, "connecting to the source")
 	}
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -204,7 +263,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	for i, p := range d.cfg.Publications {
 		pubs[i] = quoteIdent(p)
 	}
-	if err := pglogrepl.StartReplication(stopCtx, conn, quoteIdent(d.cfg.Slot), pglogrepl.LSN(start),
+	if err := pglogrepl.StartReplication(startCtx, conn, quoteIdent(d.cfg.Slot), pglogrepl.LSN(start),
 		pglogrepl.StartReplicationOptions{PluginArgs: []string{
 			"proto_version '1'",
 			"publication_names " + quoteLiteral(strings.Join(pubs, ",")),
@@ -212,16 +271,33 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		if stopping() {
 			return nil
 		}
-		return errors.Wrapf(err, "pglogical: starting slot %s at %s", d.cfg.Slot, FormatLSN(start))
+		return timedOut(errors.Wrapf(err, "pglogical: starting slot %s at %s", d.cfg.Slot, FormatLSN(start)),
+			"starting slot "+d.cfg.Slot)
 	}
+	cancelStart()
 
-	ack := func() error {
+	netConn := conn.Conn()
+	// lastRecv is when the server was last heard from (or when we last
+	// started listening again after waiting for Process); pinged says a
+	// status update asking for a reply went out since.
+	lastRecv, pinged := time.Now(), false
+	pingAfter := d.cfg.SourceTimeout / 3
+	// ack sends a status update; ping asks the server to reply at once.
+	ack := func(ping bool) error {
 		cp, _ := state.GetConsistentPoint()
 		pos := pglogrepl.LSN(stampPos(cp))
+		if d.cfg.SourceTimeout > 0 {
+			// A stalled network must not block a status update for good.
+			_ = netConn.SetWriteDeadline(time.Now().Add(d.cfg.SourceTimeout))
+		}
 		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
-			WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
+			WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: ping,
 		})
-		return errors.Wrap(err, "pglogical: sending a standby status update")
+		if err != nil {
+			return errors.Wrap(err, "pglogical: sending a standby status update")
+		}
+		pinged = pinged || ping
+		return nil
 	}
 	nextAck := time.Now()
 	// send hands m to Process, acknowledging on schedule while it waits.
@@ -232,10 +308,13 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			return true, nil
 		default:
 		}
+		// While we wait for Process the server cannot be heard; the
+		// silence counts from when we listen again.
+		defer func() { lastRecv, pinged = time.Now(), false }()
 		for {
 			wait := time.Until(nextAck)
 			if wait <= 0 {
-				if err := ack(); err != nil {
+				if err := ack(false); err != nil {
 					return false, err
 				}
 				nextAck = time.Now().Add(d.cfg.StandbyTimeout)
@@ -253,43 +332,68 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 		}
 	}
+	finalAck := func() {
+		if ctx.Err() == nil {
+			_ = ack(false)
+		}
+	}
 
-	// Receives use a read deadline on the connection, set once per
-	// acknowledgement period, instead of a context per message (pgconn
-	// watches every context it is given, which cost more than decoding).
-	// A stop moves the deadline to now, which interrupts a blocked
-	// receive.
-	netConn := conn.Conn()
+	// Receives use a read deadline on the connection instead of a
+	// context per message (pgconn watches every context it is given,
+	// which cost more than decoding). The deadline is moved only when it
+	// passed or something is due before it, so a busy stream rarely
+	// touches it. A stop moves the deadline to now, which interrupts a
+	// blocked receive.
 	stopWatch := context.AfterFunc(stopCtx, func() { _ = netConn.SetReadDeadline(time.Now()) })
 	defer stopWatch()
 	var recvDeadline time.Time
 	for {
-		if !time.Now().Before(nextAck) {
-			if err := ack(); err != nil {
+		now := time.Now()
+		ping := false
+		if d.cfg.SourceTimeout > 0 {
+			quiet := now.Sub(lastRecv)
+			if quiet >= d.cfg.SourceTimeout {
+				return errors.WithStack(&sentinelError{ErrSourceSilent,
+					fmt.Sprintf("pglogical: no message or keepalive from the source for %s (source timeout %s); presuming the connection dead",
+						quiet.Round(time.Millisecond), d.cfg.SourceTimeout)})
+			}
+			if !pinged && quiet >= pingAfter {
+				ping, nextAck = true, now
+			}
+		}
+		if !now.Before(nextAck) {
+			if err := ack(ping); err != nil {
 				return err
 			}
-			nextAck = time.Now().Add(d.cfg.StandbyTimeout)
+			nextAck = now.Add(d.cfg.StandbyTimeout)
 		}
-		if !recvDeadline.Equal(nextAck) {
-			if err := netConn.SetReadDeadline(nextAck); err != nil {
+		// Wake up for the next status update, the next ping and the
+		// moment the silence becomes too long, whichever comes first.
+		wake := nextAck
+		if d.cfg.SourceTimeout > 0 {
+			if at := lastRecv.Add(pingAfter); !pinged && at.Before(wake) {
+				wake = at
+			}
+			if at := lastRecv.Add(d.cfg.SourceTimeout); at.Before(wake) {
+				wake = at
+			}
+		}
+		if !now.Before(recvDeadline) || wake.Before(recvDeadline) {
+			if err := netConn.SetReadDeadline(wake); err != nil {
 				return errors.Wrap(err, "pglogical: setting the receive deadline")
 			}
-			recvDeadline = nextAck
+			recvDeadline = wake
 			// A stop that came before this deadline was set was
 			// overwritten by it.
 			if stopCtx.Err() != nil {
-				if ctx.Err() == nil {
-					_ = ack()
-				}
+				finalAck()
 				return nil
 			}
 		}
 		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if stopping() || ctx.Err() != nil {
-				if ctx.Err() == nil {
-					_ = ack()
-				}
+				finalAck()
 				return nil
 			}
 			if pgconn.Timeout(err) {
@@ -297,6 +401,8 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			return errors.Wrap(err, "pglogical: receiving from the source")
 		}
+		now = time.Now()
+		lastRecv, pinged = now, false
 		var out logical.Message
 		switch msg := raw.(type) {
 		case *pgproto3.CopyData:
@@ -310,7 +416,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 					return errors.Wrap(err, "pglogical: decoding a keepalive")
 				}
 				if ka.ReplyRequested {
-					nextAck = time.Now()
+					nextAck = now
 				}
 				out = keepalive{walEnd: uint64(ka.ServerWALEnd), at: ka.ServerTime}
 			case pglogrepl.XLogDataByteID:
@@ -326,25 +432,25 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 		case *pgproto3.ErrorResponse:
 			return errors.Wrap(pgconn.ErrorResponseToPgError(msg), "pglogical: the source ended replication")
-		case *pgproto3.CopyDone:
-			return errors.New("pglogical: the source ended replication")
+		case *pgproto3.CopyDone, *pgproto3.CommandComplete, *pgproto3.ReadyForQuery:
+			return errors.WithStack(&sentinelError{ErrStreamEnded,
+				fmt.Sprintf("pglogical: the source server ended the replication stream (%s); it may be shutting down or restarting",
+					strings.TrimPrefix(fmt.Sprintf("%T", raw), "*pgproto3."))})
 		default:
 			return errors.Errorf("pglogical: unexpected message %T from the source", raw)
 		}
-		if !time.Now().Before(nextAck) {
-			if err := ack(); err != nil {
+		if !now.Before(nextAck) {
+			if err := ack(false); err != nil {
 				return err
 			}
-			nextAck = time.Now().Add(d.cfg.StandbyTimeout)
+			nextAck = now.Add(d.cfg.StandbyTimeout)
 		}
 		ok, err := send(out)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			if ctx.Err() == nil {
-				_ = ack()
-			}
+			finalAck()
 			return nil
 		}
 	}

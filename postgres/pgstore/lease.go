@@ -19,8 +19,13 @@ import (
 // holder text). Expiry is judged by the database's clock, so the clocks of
 // the competing processes need not agree.
 //
-// A held lease is renewed in the background every third of its lifetime;
-// a renewal that fails or finds the row taken cancels the lease's Context.
+// A held lease is renewed in the background every third of its lifetime.
+// A renewal that fails or is slow is retried until the term would end by
+// the local clock (counted from the start of the last successful renewal,
+// less a twentieth for clock drift); only then, or as soon as a renewal
+// finds the row taken by another holder, is the lease's Context
+// cancelled. A Memo in the same database refuses writes under a lease
+// that is no longer held (see Memo.Put).
 type Leases struct {
 	pool     *pgxpool.Pool
 	table    string
@@ -93,14 +98,27 @@ func (l *Leases) Acquire(ctx context.Context, name string) (logical.Lease, error
 		}
 		return nil, &logical.LeaseBusyError{Expiration: start.Add(wait)}
 	}
-	return l.start(name, nonce), nil
+	return l.start(name, nonce, start), nil
 }
 
-// start returns a held lease and its renewal goroutine.
-func (l *Leases) start(name, nonce string) *lease {
+// start returns a held lease, acquired by a statement that began at
+// began, and its renewal goroutine.
+func (l *Leases) start(name, nonce string, began time.Time) *lease {
 	ctx, cancel := context.WithCancel(context.Background())
-	ls := &lease{leases: l, name: name, nonce: nonce, ctx: ctx, cancel: cancel, done: make(chan struct{})}
-	go ls.renew()
+	ls := &lease{leases: l, name: name, nonce: nonce, cancel: cancel, done: make(chan struct{})}
+	// The lease travels in its context, so that a Memo can fence its
+	// writes with it (the loop runs everything under this context).
+	ls.ctx = context.WithValue(ctx, leaseKey{}, ls)
+	go ls.renew(began)
+	return ls
+}
+
+// leaseKey is the context key under which a lease's Context carries it.
+type leaseKey struct{}
+
+// heldLease returns the lease whose Context ctx derives from, if any.
+func heldLease(ctx context.Context) *lease {
+	ls, _ := ctx.Value(leaseKey{}).(*lease)
 	return ls
 }
 
@@ -121,11 +139,17 @@ var _ logical.Lease = (*lease)(nil)
 func (ls *lease) Context() context.Context { return ls.ctx }
 
 // renew extends the term every third of the lifetime until the lease is
-// released or a renewal fails; it owns nothing but its timer.
-func (ls *lease) renew() {
+// released, taken by another holder, or its term ends by the local clock
+// while renewals fail; it owns nothing but its timer. began is when the
+// statement that acquired the lease started: the server's expiry is at
+// least a lifetime after that.
+func (ls *lease) renew(began time.Time) {
 	defer close(ls.done)
 	defer ls.cancel()
-	every := ls.leases.lifetime / 3
+	lifetime := ls.leases.lifetime
+	every := lifetime / 3
+	retry := max(lifetime/20, 50*time.Millisecond)
+	expires := began.Add(lifetime - lifetime/20)
 	timer := time.NewTimer(every)
 	defer timer.Stop()
 	for {
@@ -134,15 +158,26 @@ func (ls *lease) renew() {
 			return
 		case <-timer.C:
 		}
-		ctx, cancel := context.WithTimeout(ls.ctx, every)
+		attempt := time.Now()
+		if !attempt.Before(expires) {
+			return // the term ran out while renewals failed
+		}
+		ctx, cancel := context.WithDeadline(ls.ctx, expires)
 		tag, err := ls.leases.pool.Exec(ctx, `UPDATE `+ls.leases.table+`
 			SET expires = now() + make_interval(secs => $3)
-			WHERE name = $1 AND nonce = $2`, ls.name, ls.nonce, ls.leases.lifetime.Seconds())
+			WHERE name = $1 AND nonce = $2`, ls.name, ls.nonce, lifetime.Seconds())
 		cancel()
-		if err != nil || tag.RowsAffected() != 1 {
-			return // lost: the deferred cancel tells the holder
+		switch {
+		case err == nil && tag.RowsAffected() == 1:
+			expires = attempt.Add(lifetime - lifetime/20)
+			timer.Reset(every)
+		case err == nil:
+			return // taken over: the deferred cancel tells the holder
+		default:
+			// A network blip or a slow server: try again while the
+			// term lasts.
+			timer.Reset(min(retry, time.Until(expires)))
 		}
-		timer.Reset(every)
 	}
 }
 

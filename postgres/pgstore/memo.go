@@ -13,6 +13,16 @@ import (
 // (key text primary key, value bytea, updated timestamptz). A Put is one
 // upsert that is durable once it returns (with the server's default
 // synchronous_commit).
+//
+// Puts are fenced by leases: when the context passed to Put derives from
+// the Context of a lease from Leases (as the loop's contexts do while it
+// holds one), the write happens only if that lease is still held, with
+// its nonce and an unexpired term by the database's clock. On the same
+// pool this is checked in the upsert itself, under a share lock on the
+// lease row, so a holder paused past its term can never overwrite the
+// point of its successor; with Leases on another pool the check is a
+// separate statement just before the write. A refused Put returns an
+// error wrapping ErrLeaseLost.
 type Memo struct {
 	pool  *pgxpool.Pool
 	table string
@@ -50,12 +60,49 @@ func (m *Memo) Get(ctx context.Context, key string) ([]byte, error) {
 	return value, nil
 }
 
-// Put implements logical.Memo.
+// ErrLeaseLost is wrapped by the error Memo.Put returns when it refused to
+// write because the lease in its context is no longer held. The loop's
+// SetConsistentPoint fails with it, which ends the iteration; the next one
+// waits to acquire the lease again.
+var ErrLeaseLost = errors.New("pgstore: the lease is no longer held")
+
+// Put implements logical.Memo; see Memo for how leases fence it.
 func (m *Memo) Put(ctx context.Context, key string, value []byte) error {
 	if value == nil {
 		value = []byte{}
 	}
-	_, err := m.pool.Exec(ctx, `INSERT INTO `+m.table+` (key, value) VALUES ($1, $2)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated = now()`, key, value)
-	return errors.Wrapf(err, "pgstore: writing memo key %q", key)
+	const upsert = ` ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated = now()`
+	ls := heldLease(ctx)
+	if ls == nil {
+		_, err := m.pool.Exec(ctx, `INSERT INTO `+m.table+` (key, value) VALUES ($1, $2)`+upsert, key, value)
+		return errors.Wrapf(err, "pgstore: writing memo key %q", key)
+	}
+	held := func(name, nonce string) string {
+		return `SELECT 1 FROM ` + ls.leases.table + ` WHERE name = ` + name + ` AND nonce = ` + nonce + ` AND expires > now()`
+	}
+	var written int64
+	if ls.leases.pool == m.pool {
+		tag, err := m.pool.Exec(ctx, `WITH held AS (`+held("$3", "$4")+` FOR SHARE)
+			INSERT INTO `+m.table+` (key, value) SELECT $1, $2 FROM held`+upsert, key, value, ls.name, ls.nonce)
+		if err != nil {
+			return errors.Wrapf(err, "pgstore: writing memo key %q", key)
+		}
+		written = tag.RowsAffected()
+	} else {
+		var n int
+		err := ls.leases.pool.QueryRow(ctx, `SELECT count(*) FROM (`+held("$1", "$2")+`) h`, ls.name, ls.nonce).Scan(&n)
+		if err != nil {
+			return errors.Wrapf(err, "pgstore: checking lease %q before writing memo key %q", ls.name, key)
+		}
+		if n == 1 {
+			if _, err := m.pool.Exec(ctx, `INSERT INTO `+m.table+` (key, value) VALUES ($1, $2)`+upsert, key, value); err != nil {
+				return errors.Wrapf(err, "pgstore: writing memo key %q", key)
+			}
+			written = 1
+		}
+	}
+	if written == 0 {
+		return errors.Wrapf(ErrLeaseLost, "pgstore: not writing memo key %q: lease %q expired or was taken over", key, ls.name)
+	}
+	return nil
 }

@@ -26,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
@@ -83,6 +82,7 @@ type options struct {
 	immediate, foreignKeys      bool
 	fanShards                   int
 	retryDelay, standbyTimeout  time.Duration
+	sourceTimeout               time.Duration
 	applyTimeout, lease         time.Duration
 	metricsAddr, logLevel       string
 	cpuProfile                  string
@@ -111,6 +111,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.fanShards, "fanShards", logical.DefaultFanShards, "parallel appliers in immediate mode")
 	fs.DurationVar(&o.retryDelay, "retryDelay", logical.DefaultRetryDelay, "pause before retrying after an error")
 	fs.DurationVar(&o.standbyTimeout, "standbyTimeout", logical.DefaultStandbyTimeout, "how often to persist the point and acknowledge the source")
+	fs.DurationVar(&o.sourceTimeout, "sourceTimeout", pglogical.DefaultSourceTimeout, "reconnect when the source sent nothing, not even a keepalive, for this long (0: never)")
 	fs.DurationVar(&o.applyTimeout, "applyTimeout", logical.DefaultApplyTimeout, "grace period for a graceful stop")
 	fs.DurationVar(&o.lease, "lease", 0, "hold a lease of this lifetime so that one process of several replicates (0: no lease)")
 	fs.StringVar(&o.metricsAddr, "metricsAddr", "", "serve Prometheus metrics on this address, e.g. :9090")
@@ -144,8 +145,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{"--immediate and --foreignKeys cannot be combined"}
 	case o.fanShards < 1:
 		return nil, usageError{fmt.Sprintf("--fanShards must be at least 1, got %d", o.fanShards)}
-	case o.retryDelay < 0 || o.standbyTimeout < 0 || o.applyTimeout < 0:
+	case o.retryDelay < 0 || o.standbyTimeout < 0 || o.applyTimeout < 0 || o.sourceTimeout < 0:
 		return nil, usageError{"durations must not be negative"}
+	case o.sourceTimeout != 0 && o.sourceTimeout < 100*time.Millisecond:
+		return nil, usageError{fmt.Sprintf("--sourceTimeout must be 0 (off) or at least 100ms, got %s", o.sourceTimeout)}
 	case o.lease != 0 && o.lease < time.Second:
 		return nil, usageError{fmt.Sprintf("--lease must be 0 or at least 1s, got %s", o.lease)}
 	}
@@ -218,9 +221,12 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	}
 	defer pool.Close()
 	if err := pool.Ping(setupCtx); err != nil {
+		if isLoginRefused(err) {
+			return fmt.Errorf("the target database refused the login (check the user and password of --targetConn): %w", err)
+		}
 		return fmt.Errorf("cannot reach the target database: %w", err)
 	}
-	if err := checkSource(setupCtx, o); err != nil {
+	if err := checkSource(setupCtx, o, pool); err != nil {
 		return err
 	}
 	if o.createSlot {
@@ -242,7 +248,11 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		Slot:           o.slot,
 		Publications:   strings.Split(o.publication, ","),
 		StandbyTimeout: o.standbyTimeout,
+		SourceTimeout:  o.sourceTimeout,
 		RejectTruncate: o.foreignKeys,
+	}
+	if o.sourceTimeout == 0 {
+		dcfg.SourceTimeout = -1 // the flag's 0 turns the check off
 	}
 	// The target's own record of progress is only in step with the data
 	// when each source transaction is one target transaction and no
@@ -311,42 +321,6 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	}
 	factory.Stop(o.applyTimeout)
 	return factory.Wait()
-}
-
-// checkSource makes sure the source is reachable, can decode logically and
-// has the publications.
-func checkSource(ctx context.Context, o *options) error {
-	conn, err := pgx.Connect(ctx, o.sourceConn)
-	if err != nil {
-		return fmt.Errorf("cannot reach the source database: %w", err)
-	}
-	defer conn.Close(context.Background())
-	var level string
-	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
-		return fmt.Errorf("source database: %w", err)
-	}
-	if level != "logical" {
-		return fmt.Errorf("source database has wal_level=%s, logical replication needs wal_level=logical", level)
-	}
-	for _, pub := range strings.Split(o.publication, ",") {
-		var n int
-		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_publication WHERE pubname = $1", pub).Scan(&n); err != nil {
-			return fmt.Errorf("source database: %w", err)
-		}
-		if n == 0 {
-			return fmt.Errorf("source database has no publication %q", pub)
-		}
-	}
-	if !o.createSlot {
-		var n int
-		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", o.slot).Scan(&n); err != nil {
-			return fmt.Errorf("source database: %w", err)
-		}
-		if n == 0 {
-			return fmt.Errorf("source database has no replication slot %q (use --createSlot)", o.slot)
-		}
-	}
-	return nil
 }
 
 // leased makes the dialect hold a lease, so that of several processes
