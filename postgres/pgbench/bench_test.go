@@ -117,12 +117,16 @@ type system struct {
 type result struct {
 	total, lag time.Duration
 	txns       int
+	// cpu is the CPU time the cluster's processes and pgreplicate used
+	// during a backlog's catch-up (zero for the other workloads).
+	cpu time.Duration
 }
 
 // bench is the state of one TestPgbenchVsNative.
 type bench struct {
 	server   string
 	binary   string
+	replPid  int // the running pgreplicate, 0 if none
 	perf     string
 	profiles string // directory for pgreplicate's CPU profiles
 }
@@ -255,6 +259,7 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 
 	var out string
 	var start, wrote time.Time
+	var cpuBefore map[int]time.Duration
 	var perf *exec.Cmd
 	startPerfIf := func() {
 		if b.perf != "" && s.name != "native" {
@@ -267,6 +272,7 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		out = pgbench(t, src, w.args...)
 		src.Exec(t, `CHECKPOINT`)
 		startPerfIf()
+		cpuBefore = cpuSnapshot(t, src, b)
 		start = time.Now()
 		wrote = start
 		stop := s.start(t, b, src, dst, slot, label)
@@ -300,13 +306,19 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		<-tick.C
 	}
 	done := time.Now()
+	var cpu time.Duration
+	if cpuBefore != nil {
+		for pid, used := range cpuSnapshot(t, src, b) {
+			cpu += used - cpuBefore[pid]
+		}
+	}
 	if perf != nil {
 		_ = perf.Process.Signal(syscall.SIGINT)
 		_ = perf.Wait()
 	}
 	require.Equal(t, query(t, src, checksumSQL), query(t, dst, checksumSQL), "every row is equal")
 
-	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1}
+	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1, cpu: cpu}
 	if m := processedRE.FindStringSubmatch(out); m != nil {
 		r.txns, _ = strconv.Atoi(m[1])
 	}
@@ -357,6 +369,7 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 		cmd := exec.Command(b.binary, args...)
 		cmd.Stdout, cmd.Stderr = &log, &log
 		require.NoError(t, cmd.Start())
+		b.replPid = cmd.Process.Pid
 		exited := make(chan struct{})
 		go func() {
 			_ = cmd.Wait()
@@ -365,6 +378,7 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 		var once sync.Once
 		stop := func() {
 			once.Do(func() {
+				b.replPid = 0
 				_ = cmd.Process.Signal(syscall.SIGTERM)
 				select {
 				case <-exited:
@@ -432,7 +446,7 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "\npgreplicate vs native logical replication, median of %d run(s); time = start of writes until the target equals the source; lag = part after the writes ended\n\n", runs)
 	w := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "workload\tpgreplicate mode\tnative time\tpgreplicate time\tratio\tnative lag\tpgreplicate lag\tnative txns\tpgreplicate txns\t")
+	fmt.Fprintln(w, "workload\tpgreplicate mode\tnative time\tpgreplicate time\tratio\tnative lag\tpgreplicate lag\tnative txns\tpgreplicate txns\tcpu ratio\t")
 	for _, wl := range workloads {
 		native := results[wl.name+"/native"]
 		for _, s := range systems {
@@ -444,22 +458,30 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 			if len(native) > 0 && len(ours) > 0 {
 				ratio = fmt.Sprintf("%.2f", float64(median(ours, totalOf))/float64(median(native, totalOf)))
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", wl.title, s.name,
+			cpuRatio := "-"
+			if len(native) > 0 && len(ours) > 0 && median(native, cpuOf) > 0 {
+				cpuRatio = fmt.Sprintf("%.2f", float64(median(ours, cpuOf))/float64(median(native, cpuOf)))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", wl.title, s.name,
 				medDur(native, totalOf), medDur(ours, totalOf), ratio,
 				medDur(native, lagOf), medDur(ours, lagOf),
-				medInt(native), medInt(ours))
+				medInt(native), medInt(ours), cpuRatio)
 		}
 		if len(systems) == 1 && systems[0].name == "native" {
-			fmt.Fprintf(w, "%s\t-\t%s\t-\t-\t%s\t-\t%s\t-\t\n", wl.title, medDur(native, totalOf), medDur(native, lagOf), medInt(native))
+			fmt.Fprintf(w, "%s\t-\t%s\t-\t-\t%s\t-\t%s\t-\t-\t\n", wl.title, medDur(native, totalOf), medDur(native, lagOf), medInt(native))
 		}
 	}
 	_ = w.Flush()
-	fmt.Fprintf(&buf, "\nevery run (total/lag/txns):\n")
+	fmt.Fprintf(&buf, "\ncpu ratio: CPU time of the cluster's processes plus pgreplicate during a backlog's catch-up (from /proc), pgreplicate/native\n")
+	fmt.Fprintf(&buf, "\nevery run (total/lag/txns[/cpu]):\n")
 	for _, wl := range workloads {
 		for _, s := range systems {
 			fmt.Fprintf(&buf, "  %-6s %-10s", wl.name, s.name)
 			for _, r := range results[wl.name+"/"+s.name] {
 				fmt.Fprintf(&buf, "  %s/%s/%d", fmtDur(r.total), fmtDur(r.lag), r.txns)
+				if r.cpu > 0 {
+					fmt.Fprintf(&buf, "/cpu %s", fmtDur(r.cpu))
+				}
 			}
 			fmt.Fprintln(&buf)
 		}
@@ -468,6 +490,7 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 }
 
 func totalOf(r result) time.Duration { return r.total }
+func cpuOf(r result) time.Duration   { return r.cpu }
 func lagOf(r result) time.Duration   { return r.lag }
 
 // median returns the median of f over rs (the mean of the middle two for
@@ -573,4 +596,59 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	require.NoError(t, err, "%s must be a duration like 15s", name)
 	require.GreaterOrEqual(t, d, time.Second, "%s must be at least 1s", name)
 	return d
+}
+
+// cpuSnapshot returns the CPU time (user + system) used so far by each
+// process of the cluster (the children of the postmaster of db's server)
+// and by the running pgreplicate, from /proc.
+func cpuSnapshot(t *testing.T, db *pgtest.DB, b *bench) map[int]time.Duration {
+	backend, err := strconv.Atoi(query(t, db, `SELECT pg_backend_pid()::text`))
+	require.NoError(t, err)
+	postmaster := procStat(backend).ppid
+	require.NotZero(t, postmaster, "the postmaster of backend %d", backend)
+	out := make(map[int]time.Duration)
+	entries, err := os.ReadDir("/proc")
+	require.NoError(t, err)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st := procStat(pid)
+		if st.ppid == postmaster || pid == postmaster || (b.replPid != 0 && pid == b.replPid) {
+			out[pid] = st.cpu
+		}
+	}
+	return out
+}
+
+// stat is what cpuSnapshot needs from /proc/PID/stat.
+type stat struct {
+	ppid int
+	cpu  time.Duration
+}
+
+// clockTicks is USER_HZ, 100 on Linux.
+const clockTicks = 100
+
+// procStat reads /proc/PID/stat; zero if the process is gone.
+func procStat(pid int) stat {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return stat{}
+	}
+	// The command is in parentheses and may contain spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return stat{}
+	}
+	f := strings.Fields(string(data[i+1:]))
+	// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+	if len(f) < 13 {
+		return stat{}
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return stat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}
 }
