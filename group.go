@@ -198,11 +198,15 @@ func (g *groupBatcher) handOverLocked(ctx context.Context) error {
 		}
 		h.muts = nil
 	}
-	clear(g.held)
-	clear(g.order)
-	g.order = g.order[:0]
+	if len(g.order) > maxHeldKeys {
+		g.dropHeldLocked()
+	}
 	return err
 }
+
+// maxHeldKeys is how many tables the group remembers from one group to
+// the next, so that a steady set of tables allocates nothing per group.
+const maxHeldKeys = 256
 
 // deliverLocked ends the group: each waiting batch receives err. The
 // caller holds g.mu.
@@ -232,8 +236,11 @@ func (g *groupBatcher) abandon(ctx context.Context) {
 	g.deliverLocked(ErrGroupRolledBack)
 }
 
-// dropHeldLocked forgets what the group holds.
+// dropHeldLocked forgets what the group holds, and its tables.
 func (g *groupBatcher) dropHeldLocked() {
+	for _, h := range g.order {
+		h.muts = nil
+	}
 	clear(g.held)
 	clear(g.order)
 	g.order = g.order[:0]
