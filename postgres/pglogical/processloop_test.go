@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/postgres/internal/pgtest"
 	"github.com/pkg/errors"
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/assert"
@@ -441,8 +442,9 @@ func TestProcessNoSpinWhileTransactionOpen(t *testing.T) {
 			select {
 			case <-ev.opened:
 			case <-time.After(10 * time.Second):
-				t.Fatal("the transaction's batch was not opened")
+				t.Fatal("no batch was opened")
 			}
+			pgtest.Eventually(t, 10*time.Second, "Process to read every message", func() bool { return len(ch) == 0 })
 			before := ev.getCalls()
 			const spin = 1000
 			deadline := time.After(200 * time.Millisecond)
