@@ -28,6 +28,8 @@ import (
 // point may move past a grouped batch only once its OnCommit channel
 // received nil.
 //
+// Loop.Stats counts a group as one commit: it counts target commits.
+//
 // The methods are called from Process's goroutine; they are safe for
 // concurrent use, but one grouped batch at a time may be open.
 type Grouper interface {
