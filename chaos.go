@@ -162,6 +162,8 @@ type chaosEvents struct {
 	c *chaos
 }
 
+var _ Grouper = (*chaosEvents)(nil)
+
 func (e *chaosEvents) OnBegin(ctx context.Context) (Batch, error) {
 	if err := e.c.fail("OnBegin"); err != nil {
 		return nil, err
@@ -171,6 +173,35 @@ func (e *chaosEvents) OnBegin(ctx context.Context) (Batch, error) {
 		return nil, err
 	}
 	return &chaosBatch{Batch: b, c: e.c}, nil
+}
+
+// OnBeginGrouped implements Grouper: a grouped batch of the inner Events
+// if it is a Grouper, else a plain one.
+func (e *chaosEvents) OnBeginGrouped(ctx context.Context) (Batch, error) {
+	g, ok := e.Events.(Grouper)
+	if !ok {
+		return e.OnBegin(ctx)
+	}
+	if err := e.c.fail("OnBegin"); err != nil {
+		return nil, err
+	}
+	b, err := g.OnBeginGrouped(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &chaosBatch{Batch: b, c: e.c}, nil
+}
+
+// CommitGroup implements Grouper.
+func (e *chaosEvents) CommitGroup(ctx context.Context) error {
+	g, ok := e.Events.(Grouper)
+	if !ok {
+		return nil
+	}
+	if err := e.c.fail("CommitGroup"); err != nil {
+		return err
+	}
+	return g.CommitGroup(ctx)
 }
 
 func (e *chaosEvents) SetConsistentPoint(ctx context.Context, cp Stamp) error {

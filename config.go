@@ -12,6 +12,7 @@ const (
 	DefaultApplyTimeout   = 30 * time.Second
 	DefaultBytesInFlight  = 10 << 20
 	DefaultFanShards      = 16
+	DefaultGroupMax       = 1000
 	DefaultRetryDelay     = 10 * time.Second
 	DefaultMaxRetryDelay  = time.Minute
 	DefaultStandbyTimeout = 5 * time.Second
@@ -47,6 +48,12 @@ type Config struct {
 	// children first), using the Target's Orderer. It cannot be combined
 	// with Immediate.
 	ForeignKeys bool
+	// GroupMax is the most batches a dialect can group into one target
+	// transaction (one drain of the queue in fan mode) through Grouper,
+	// while a backlog is queued; a group also ends once it holds
+	// BytesInFlight bytes of mutation data. Default 1000; 1 turns
+	// grouping off.
+	GroupMax int
 	// Immediate writes in fan mode all the time, without transactions.
 	Immediate bool
 	// RetryDelay is the pause before a failed side or iteration is
@@ -90,6 +97,8 @@ func (c *Config) Preflight() error {
 		return fieldErr("ChaosProb", "must be within [0, 1]", c.ChaosProb)
 	case c.FanShards < 0:
 		return fieldErr("FanShards", "must be > 0", c.FanShards)
+	case c.GroupMax < 0:
+		return fieldErr("GroupMax", "must not be negative", c.GroupMax)
 	case c.RetryDelay < 0:
 		return fieldErr("RetryDelay", "must not be negative", c.RetryDelay)
 	case c.MaxRetryDelay < 0:
@@ -114,6 +123,9 @@ func (c *Config) Preflight() error {
 	}
 	if c.FanShards == 0 {
 		c.FanShards = DefaultFanShards
+	}
+	if c.GroupMax == 0 {
+		c.GroupMax = DefaultGroupMax
 	}
 	switch {
 	case c.RetryDelay == 0:

@@ -72,6 +72,22 @@
 // table and key are always applied in the order given, and
 // Config.BytesInFlight bounds the memory queued per loop.
 //
+// # Grouping
+//
+// A backlog of small source transactions is dominated by the cost of a
+// target commit each. The Events given to Process are a Grouper: a
+// dialect that opens its batches with OnBeginGrouped, and calls
+// CommitGroup as soon as it has nothing more to read, gets consecutive
+// batches merged into one target transaction (one drain of the queue in
+// fan mode), up to Config.GroupMax batches, with the rows of each table
+// merged into one Target call. On an idle source each group is a single
+// batch committed at once, so grouping adds no latency. Groups end only
+// between batches: a source transaction is never visible in part, and
+// whatever a batch records about its position in the target (a progress
+// row) commits with its data. The OnCommit result of a grouped batch
+// arrives when its group commits; the dialect moves its consistent point
+// in order as results arrive.
+//
 // # Backfill and streaming
 //
 // A dialect that is also a Backfiller can read its source faster without

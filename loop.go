@@ -456,6 +456,8 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 		ev.Batcher = decorate(fe, &l.factory.cfg, l.order, l)
 		closeFan = fe.close
 	}
+	group := newGroupBatcher(ev.Batcher, &l.factory.cfg)
+	ev.Batcher = group
 
 	var (
 		mu        sync.Mutex
@@ -492,6 +494,7 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 	go func() { // the processor
 		defer wg.Done()
 		err := callProcess(l.active, iter, ch, ev)
+		group.abandon(context.WithoutCancel(iter))
 		if err == nil && !srcClosed.Load() && !iter.IsStopping() {
 			err = errors.New("Process returned unexpectedly (before the channel was closed and without a stop)")
 		}

@@ -93,6 +93,8 @@ var comparisons = []comparison{
 	{"serial, point every 100", "Loop/every=100/serial", "Loop/every=100/baseline", "msgs/s", ">= 0.85", "0.44-0.46"},
 	{"immediate, point every message", "Loop/every=1/immediate", "Loop/every=1/baseline", "msgs/s", ">= 0.40", "0.045"},
 	{"immediate, point every 100", "Loop/every=100/immediate", "Loop/every=100/baseline", "msgs/s", "", ""},
+	{"grouped, free commits vs bare grouping", "Group/commit=0s/grouped", "Group/commit=0s/baseline", "msgs/s", "", ""},
+	{"grouped, 1ms commits vs bare grouping", "Group/commit=1ms/grouped", "Group/commit=1ms/baseline", "msgs/s", "", ""},
 	{"fan, 1ms target vs ideal parallel", "FanSlow/loop", "FanSlow/ideal", "msgs/s", ">= 0.90", "0.50"},
 	{"FileMemo.Put vs MemoryMemo.Put", "MemoPut/memo=file", "MemoPut/memo=memory", "puts/s", "", ""},
 }

@@ -11,9 +11,11 @@
 //	LOGICAL_PGBENCH_RUNS      runs of every measurement (default 3); the table shows medians
 //	LOGICAL_PGBENCH_DURATION  length of the timed pgbench run (default 15s)
 //	LOGICAL_PGBENCH_SYSTEMS   comma-separated subset of native,serial,immediate
-//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of load,run
+//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of backlog,tpcb16,simple16,load,run
+//	                          (default: all but run)
 //	LOGICAL_PGBENCH_OUT       also write the table to this file
 //	LOGICAL_PGBENCH_PERF      directory: `perf record -a -g` during each pgreplicate measurement
+//	LOGICAL_PGBENCH_CPUPROFILE directory: pgreplicate's --cpuprofile of each measurement
 //
 // Every measurement uses a fresh source and target database; the systems
 // run one after the other, never at the same time, so they do not compete
@@ -57,6 +59,7 @@ const (
 	envWorkloads = "LOGICAL_PGBENCH_WORKLOADS"
 	envOut       = "LOGICAL_PGBENCH_OUT"
 	envPerf      = "LOGICAL_PGBENCH_PERF"
+	envProfiles  = "LOGICAL_PGBENCH_CPUPROFILE"
 )
 
 // pollInterval is how often the target is compared with the source.
@@ -92,6 +95,13 @@ type workload struct {
 	prepare []string
 	// args are pgbench's arguments for the timed part.
 	args []string
+	// script, if set, is a custom pgbench script; args get -f with its
+	// file.
+	script string
+	// backlog makes the writes happen before the replicator starts: the
+	// measurement is then the catch-up of the whole backlog, from the
+	// start of the replicator.
+	backlog bool
 }
 
 // system is a replicator under test.
@@ -100,27 +110,52 @@ type system struct {
 	title string
 	// start begins replicating src into dst through the slot and the
 	// publication "pub"; the returned function stops it.
-	start func(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) (stop func())
+	start func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) (stop func())
 }
 
 // result is one measurement.
 type result struct {
 	total, lag time.Duration
 	txns       int
+	// cpu is the CPU time the cluster's processes and pgreplicate used
+	// during a backlog's catch-up (zero for the other workloads).
+	cpu time.Duration
 }
 
 // bench is the state of one TestPgbenchVsNative.
 type bench struct {
-	server string
-	binary string
-	perf   string
+	server   string
+	binary   string
+	replPid  int // the running pgreplicate, 0 if none
+	perf     string
+	profiles string // directory for pgreplicate's CPU profiles
 }
+
+// The backlog workload: backlogClients clients run backlogPerClient
+// transactions each of backlogScript, sysbench-like (two updates, a
+// delete and an insert of small rows), unthrottled.
+const (
+	backlogClients   = 8
+	backlogPerClient = 1500
+	backlogScript    = `\set a random(1, 100000)
+\set b random(1, 100000)
+\set c random(1, 100000)
+\set d random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :d WHERE aid = :a;
+UPDATE pgbench_accounts SET filler = md5(CAST(:d AS text)) WHERE aid = :b;
+DELETE FROM pgbench_accounts WHERE aid = :c;
+INSERT INTO pgbench_accounts (aid, bid, abalance, filler) VALUES (:c, 1, :d, 'x')
+	ON CONFLICT (aid) DO UPDATE SET abalance = excluded.abalance;
+END;
+`
+)
 
 func TestPgbenchVsNative(t *testing.T) {
 	if os.Getenv(envEnable) != "1" {
 		t.Skipf("set %s=1 (and run under .ci/with-postgres) for the pgbench comparison; bench/pg does both", envEnable)
 	}
-	b := &bench{server: pgtest.ServerURL(t), perf: os.Getenv(envPerf)}
+	b := &bench{server: pgtest.ServerURL(t), perf: os.Getenv(envPerf), profiles: os.Getenv(envProfiles)}
 	runs := envInt(t, envRuns, 3)
 	duration := envDuration(t, envRunLength, 15*time.Second)
 	for _, tool := range []string{"pgbench", "psql"} {
@@ -128,11 +163,35 @@ func TestPgbenchVsNative(t *testing.T) {
 		require.NoError(t, err, "%s must be on PATH", tool)
 	}
 	b.binary = buildPgreplicate(t)
-	if b.perf != "" {
-		require.NoError(t, os.MkdirAll(b.perf, 0o755))
+	for _, dir := range []string{b.perf, b.profiles} {
+		if dir != "" {
+			require.NoError(t, os.MkdirAll(dir, 0o755))
+		}
 	}
 
-	workloads := selectWorkloads(t, []workload{
+	all := []workload{
+		{
+			name:    "backlog",
+			title:   fmt.Sprintf("backlog of %d txns x 4 stmts (-c 8), catch-up", backlogClients*backlogPerClient),
+			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args: []string{"-n", "-c", strconv.Itoa(backlogClients), "-j", "2", "-t", strconv.Itoa(backlogPerClient),
+				"--max-tries", "10"},
+			script:  backlogScript,
+			backlog: true,
+		},
+		{
+			name:    "tpcb16",
+			title:   fmt.Sprintf("%s pgbench -c 16 tpcb-like", duration),
+			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args:    []string{"-n", "-c", "16", "-j", "2", "-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
+		},
+		{
+			name:    "simple16",
+			title:   fmt.Sprintf("%s pgbench -c 16 -b simple-update", duration),
+			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args: []string{"-n", "-c", "16", "-j", "2", "-b", "simple-update",
+				"-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
+		},
 		{
 			name:    "load",
 			title:   "100k load (pgbench -i -I g)",
@@ -145,7 +204,15 @@ func TestPgbenchVsNative(t *testing.T) {
 			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
 			args:    []string{"-n", "-c", "4", "-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
 		},
-	})
+	}
+	workloads := selectWorkloads(t, all, []string{"backlog", "tpcb16", "simple16", "load"})
+	for i, w := range workloads {
+		if w.script != "" {
+			path := filepath.Join(t.TempDir(), w.name+".sql")
+			require.NoError(t, os.WriteFile(path, []byte(w.script), 0o644))
+			workloads[i].args = append(slices.Clip(w.args), "-f", path)
+		}
+	}
 	systems := selectSystems(t, []system{
 		{name: "native", title: "native subscription", start: startNative},
 		{name: "serial", title: "pgreplicate (serial)", start: startPgreplicate(nil)},
@@ -190,22 +257,39 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		`SELECT pg_create_logical_replication_slot('`+slot+`', 'pgoutput')`)
 	require.Equal(t, query(t, src, summarySQL), query(t, dst, summarySQL), "the databases start equal")
 
-	stop := s.start(t, b, src, dst, slot)
-	defer stop()
-	pgtest.Eventually(t, time.Minute, "the replication slot to become active", func() bool {
-		return query(t, src, `SELECT active::text FROM pg_replication_slots WHERE slot_name = $1`, slot) == "true"
-	})
-	// Start every measurement from a clean slate of dirty buffers.
-	src.Exec(t, `CHECKPOINT`)
-
+	var out string
+	var start, wrote time.Time
+	var cpuBefore map[int]time.Duration
 	var perf *exec.Cmd
-	if b.perf != "" && s.name != "native" {
-		perf = startPerf(t, filepath.Join(b.perf, strings.ReplaceAll(label, "/", "-")+".data"))
+	startPerfIf := func() {
+		if b.perf != "" && s.name != "native" {
+			perf = startPerf(t, filepath.Join(b.perf, strings.ReplaceAll(label, "/", "-")+".data"))
+		}
 	}
-
-	start := time.Now()
-	out := pgbench(t, src, w.args...)
-	wrote := time.Now()
+	if w.backlog {
+		// The backlog is written with no replicator running; the clock
+		// starts with the replicator.
+		out = pgbench(t, src, w.args...)
+		src.Exec(t, `CHECKPOINT`)
+		startPerfIf()
+		cpuBefore = cpuSnapshot(t, src, b)
+		start = time.Now()
+		wrote = start
+		stop := s.start(t, b, src, dst, slot, label)
+		defer stop()
+	} else {
+		stop := s.start(t, b, src, dst, slot, label)
+		defer stop()
+		pgtest.Eventually(t, time.Minute, "the replication slot to become active", func() bool {
+			return query(t, src, `SELECT active::text FROM pg_replication_slots WHERE slot_name = $1`, slot) == "true"
+		})
+		// Start every measurement from a clean slate of dirty buffers.
+		src.Exec(t, `CHECKPOINT`)
+		startPerfIf()
+		start = time.Now()
+		out = pgbench(t, src, w.args...)
+		wrote = time.Now()
+	}
 	want := query(t, src, summarySQL)
 	var got string
 	tick := time.NewTicker(pollInterval)
@@ -222,13 +306,19 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		<-tick.C
 	}
 	done := time.Now()
+	var cpu time.Duration
+	if cpuBefore != nil {
+		for pid, used := range cpuSnapshot(t, src, b) {
+			cpu += used - cpuBefore[pid]
+		}
+	}
 	if perf != nil {
 		_ = perf.Process.Signal(syscall.SIGINT)
 		_ = perf.Wait()
 	}
 	require.Equal(t, query(t, src, checksumSQL), query(t, dst, checksumSQL), "every row is equal")
 
-	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1}
+	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1, cpu: cpu}
 	if m := processedRE.FindStringSubmatch(out); m != nil {
 		r.txns, _ = strconv.Atoi(m[1])
 	}
@@ -239,7 +329,7 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 var processedRE = regexp.MustCompile(`number of transactions actually processed: (\d+)`)
 
 // startNative subscribes dst to the publication through the existing slot.
-func startNative(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func() {
+func startNative(t *testing.T, b *bench, src, dst *pgtest.DB, slot, _ string) func() {
 	u, err := url.Parse(b.server)
 	require.NoError(t, err)
 	conn := fmt.Sprintf("host=%s port=%s user=%s dbname=%s", u.Hostname(), u.Port(), u.User.Username(), src.Name)
@@ -263,8 +353,8 @@ func startNative(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func(
 }
 
 // startPgreplicate runs the pgreplicate binary with extra flags.
-func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func() {
-	return func(t *testing.T, b *bench, src, dst *pgtest.DB, slot string) func() {
+func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
+	return func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
 		args := append([]string{
 			"--sourceConn", src.URL,
 			"--targetConn", dst.URL,
@@ -272,10 +362,14 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 			"--slotName", slot,
 			"--logLevel", "warn",
 		}, extra...)
+		if b.profiles != "" {
+			args = append(args, "--cpuprofile", filepath.Join(b.profiles, strings.ReplaceAll(label, "/", "-")+".pprof"))
+		}
 		var log pgtest.Buffer
 		cmd := exec.Command(b.binary, args...)
 		cmd.Stdout, cmd.Stderr = &log, &log
 		require.NoError(t, cmd.Start())
+		b.replPid = cmd.Process.Pid
 		exited := make(chan struct{})
 		go func() {
 			_ = cmd.Wait()
@@ -284,6 +378,7 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 		var once sync.Once
 		stop := func() {
 			once.Do(func() {
+				b.replPid = 0
 				_ = cmd.Process.Signal(syscall.SIGTERM)
 				select {
 				case <-exited:
@@ -351,7 +446,7 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "\npgreplicate vs native logical replication, median of %d run(s); time = start of writes until the target equals the source; lag = part after the writes ended\n\n", runs)
 	w := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "workload\tpgreplicate mode\tnative time\tpgreplicate time\tratio\tnative lag\tpgreplicate lag\tnative txns\tpgreplicate txns\t")
+	fmt.Fprintln(w, "workload\tpgreplicate mode\tnative time\tpgreplicate time\tratio\tnative lag\tpgreplicate lag\tnative txns\tpgreplicate txns\tcpu ratio\t")
 	for _, wl := range workloads {
 		native := results[wl.name+"/native"]
 		for _, s := range systems {
@@ -363,22 +458,30 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 			if len(native) > 0 && len(ours) > 0 {
 				ratio = fmt.Sprintf("%.2f", float64(median(ours, totalOf))/float64(median(native, totalOf)))
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", wl.title, s.name,
+			cpuRatio := "-"
+			if len(native) > 0 && len(ours) > 0 && median(native, cpuOf) > 0 {
+				cpuRatio = fmt.Sprintf("%.2f", float64(median(ours, cpuOf))/float64(median(native, cpuOf)))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", wl.title, s.name,
 				medDur(native, totalOf), medDur(ours, totalOf), ratio,
 				medDur(native, lagOf), medDur(ours, lagOf),
-				medInt(native), medInt(ours))
+				medInt(native), medInt(ours), cpuRatio)
 		}
 		if len(systems) == 1 && systems[0].name == "native" {
-			fmt.Fprintf(w, "%s\t-\t%s\t-\t-\t%s\t-\t%s\t-\t\n", wl.title, medDur(native, totalOf), medDur(native, lagOf), medInt(native))
+			fmt.Fprintf(w, "%s\t-\t%s\t-\t-\t%s\t-\t%s\t-\t-\t\n", wl.title, medDur(native, totalOf), medDur(native, lagOf), medInt(native))
 		}
 	}
 	_ = w.Flush()
-	fmt.Fprintf(&buf, "\nevery run (total/lag/txns):\n")
+	fmt.Fprintf(&buf, "\ncpu ratio: CPU time of the cluster's processes plus pgreplicate during a backlog's catch-up (from /proc), pgreplicate/native\n")
+	fmt.Fprintf(&buf, "\nevery run (total/lag/txns[/cpu]):\n")
 	for _, wl := range workloads {
 		for _, s := range systems {
 			fmt.Fprintf(&buf, "  %-6s %-10s", wl.name, s.name)
 			for _, r := range results[wl.name+"/"+s.name] {
 				fmt.Fprintf(&buf, "  %s/%s/%d", fmtDur(r.total), fmtDur(r.lag), r.txns)
+				if r.cpu > 0 {
+					fmt.Fprintf(&buf, "/cpu %s", fmtDur(r.cpu))
+				}
 			}
 			fmt.Fprintln(&buf)
 		}
@@ -387,6 +490,7 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 }
 
 func totalOf(r result) time.Duration { return r.total }
+func cpuOf(r result) time.Duration   { return r.cpu }
 func lagOf(r result) time.Duration   { return r.lag }
 
 // median returns the median of f over rs (the mean of the middle two for
@@ -427,16 +531,17 @@ func medInt(rs []result) string {
 
 func fmtDur(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
 
-// selectWorkloads keeps the workloads named in LOGICAL_PGBENCH_WORKLOADS.
-func selectWorkloads(t *testing.T, all []workload) []workload {
+// selectWorkloads keeps the workloads named in LOGICAL_PGBENCH_WORKLOADS,
+// or those named by def.
+func selectWorkloads(t *testing.T, all []workload, def []string) []workload {
 	names := listEnv(envWorkloads)
 	if names == nil {
-		return all
+		names = def
 	}
 	var out []workload
 	for _, n := range names {
 		i := slices.IndexFunc(all, func(w workload) bool { return w.name == n })
-		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (load, run)", envWorkloads, n)
+		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (backlog, tpcb16, simple16, load, run)", envWorkloads, n)
 		out = append(out, all[i])
 	}
 	return out
@@ -491,4 +596,59 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	require.NoError(t, err, "%s must be a duration like 15s", name)
 	require.GreaterOrEqual(t, d, time.Second, "%s must be at least 1s", name)
 	return d
+}
+
+// cpuSnapshot returns the CPU time (user + system) used so far by each
+// process of the cluster (the children of the postmaster of db's server)
+// and by the running pgreplicate, from /proc.
+func cpuSnapshot(t *testing.T, db *pgtest.DB, b *bench) map[int]time.Duration {
+	backend, err := strconv.Atoi(query(t, db, `SELECT pg_backend_pid()::text`))
+	require.NoError(t, err)
+	postmaster := procStat(backend).ppid
+	require.NotZero(t, postmaster, "the postmaster of backend %d", backend)
+	out := make(map[int]time.Duration)
+	entries, err := os.ReadDir("/proc")
+	require.NoError(t, err)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st := procStat(pid)
+		if st.ppid == postmaster || pid == postmaster || (b.replPid != 0 && pid == b.replPid) {
+			out[pid] = st.cpu
+		}
+	}
+	return out
+}
+
+// stat is what cpuSnapshot needs from /proc/PID/stat.
+type stat struct {
+	ppid int
+	cpu  time.Duration
+}
+
+// clockTicks is USER_HZ, 100 on Linux.
+const clockTicks = 100
+
+// procStat reads /proc/PID/stat; zero if the process is gone.
+func procStat(pid int) stat {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return stat{}
+	}
+	// The command is in parentheses and may contain spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return stat{}
+	}
+	f := strings.Fields(string(data[i+1:]))
+	// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+	if len(f) < 13 {
+		return stat{}
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return stat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}
 }

@@ -121,6 +121,12 @@ type Config struct {
 	// order. Otherwise a truncate becomes a mutation with
 	// Meta[logical.MetaTruncate] = true, applied between two flushes.
 	RejectTruncate bool
+	// NoGrouping makes each source transaction a batch committed on its
+	// own. By default, when the loop's Events are a logical.Grouper,
+	// consecutive transactions that are queued behind each other share a
+	// group (one target transaction in serial mode), committed as soon as
+	// nothing more is queued; see Process.
+	NoGrouping bool
 }
 
 // Dialect is a logical.Dialect over a pgoutput replication slot. Create it

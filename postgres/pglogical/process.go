@@ -23,8 +23,18 @@ import (
 // that arrives outside a transaction moves the point to the server's WAL
 // position (unless Config.NoKeepalivePoints), so an idle or filtered
 // source still lets the slot advance.
+//
+// When events is a logical.Grouper (the loop's are) and Config.NoGrouping
+// is off, consecutive transactions share one group (one target
+// transaction in serial mode) while more messages are queued in ch; the
+// group commits as soon as ch is empty, so an idle source sees no added
+// latency, and the point moves past each transaction once its group
+// committed.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	p := &processor{d: d, events: events, rels: make(map[uint32]*relation)}
+	if g, ok := events.(logical.Grouper); ok && !d.cfg.NoGrouping {
+		p.grouper = g
+	}
 	cp, _ := events.GetConsistentPoint()
 	p.persisted = stampPos(cp)
 	p.committed = p.persisted
@@ -63,15 +73,41 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 			return ctx.Err()
 		case <-timer.C:
 		}
+		// Nothing more to read: commit what is grouped before waiting.
+		if len(ch) == 0 {
+			if err := p.commitGroup(ctx); err != nil {
+				return err
+			}
+		}
+		if err := p.settle(); err != nil {
+			return err
+		}
 		if err := p.maybeSetPoint(ctx, false); err != nil {
 			return err
 		}
-		// Wake up when a throttled point becomes due.
-		if p.committed > p.persisted {
-			due := time.Until(p.lastSet.Add(d.cfg.PointEvery))
-			timer.Reset(max(due, 0))
+		// Wake up when a throttled point becomes due, unless only a
+		// message can make it possible.
+		if due, ok := p.pointDue(); ok {
+			timer.Reset(due)
 		}
 	}
+}
+
+// pointDue says when the loop should wake up to set a throttled point,
+// and false if there is nothing to set or setting it waits for a message
+// (the commit of the open transaction, which records its own end).
+func (p *processor) pointDue() (time.Duration, bool) {
+	if p.committed <= p.persisted || p.waitsForCommit() {
+		return 0, false
+	}
+	return max(time.Until(p.lastSet.Add(p.d.cfg.PointEvery)), 0), true
+}
+
+// waitsForCommit reports whether the committed position can only become
+// the consistent point once the target records it, which waits for the
+// open transaction's commit.
+func (p *processor) waitsForCommit() bool {
+	return p.d.cfg.Progress != nil && p.recorded < p.committed && (p.batch != nil || len(p.inflight) > 0)
 }
 
 // relation is what a Relation message said about a source table.
@@ -101,11 +137,24 @@ type processor struct {
 	pendingBytes int
 	pendingRel   *relation
 
+	grouper  logical.Grouper // nil without grouping
+	inflight []inflight      // committed batches whose result is pending, in order
+	// A keepalive position that arrived while batches were in flight,
+	// applied once they all committed.
+	heldKeepalive keepalive
+
 	committed     uint64    // end of the last transaction the target has
 	committedTime time.Time // its commit time
 	persisted     uint64    // the point last set (or loaded)
 	recorded      uint64    // the position last written to Config.Progress
 	lastSet       time.Time
+}
+
+// inflight is a transaction whose batch's OnCommit result is pending.
+type inflight struct {
+	end    uint64
+	at     time.Time
+	result <-chan error
 }
 
 // handle processes one message.
@@ -115,7 +164,16 @@ func (p *processor) handle(ctx context.Context, m logical.Message) error {
 	}
 	switch m := m.(type) {
 	case keepalive:
-		if !p.d.cfg.NoKeepalivePoints && !p.inTx && m.walEnd > p.committed {
+		if p.d.cfg.NoKeepalivePoints || p.inTx {
+			return nil
+		}
+		if len(p.inflight) > 0 { // the position is past them
+			if m.walEnd > p.heldKeepalive.walEnd {
+				p.heldKeepalive = m
+			}
+			return nil
+		}
+		if m.walEnd > p.committed {
 			p.committed, p.committedTime = m.walEnd, m.at
 		}
 		return nil
@@ -381,12 +439,8 @@ func (p *processor) add(ctx context.Context, rel *relation, muts ...logical.Muta
 			return err
 		}
 	}
-	if p.batch == nil {
-		b, err := p.events.OnBegin(ctx)
-		if err != nil {
-			return err
-		}
-		p.batch = b
+	if err := p.openBatch(ctx); err != nil {
+		return err
 	}
 	p.pendingRel = rel
 	for _, m := range muts {
@@ -435,12 +489,8 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 	if err := p.flush(ctx); err != nil {
 		return err
 	}
-	if p.batch == nil {
-		b, err := p.events.OnBegin(ctx)
-		if err != nil {
-			return err
-		}
-		p.batch = b
+	if err := p.openBatch(ctx); err != nil {
+		return err
 	}
 	// In fan mode the delete-all must not overtake or be overtaken by the
 	// rows around it.
@@ -456,13 +506,35 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 	return p.batch.Flush(ctx)
 }
 
-// commit ends the open transaction: the batch commits, and its end becomes
-// the next consistent point.
+// openBatch opens the transaction's batch if it has none yet: a grouped one
+// when grouping.
+func (p *processor) openBatch(ctx context.Context) error {
+	if p.batch != nil {
+		return nil
+	}
+	var b logical.Batch
+	var err error
+	if p.grouper != nil {
+		b, err = p.grouper.OnBeginGrouped(ctx)
+	} else {
+		b, err = p.events.OnBegin(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	p.batch = b
+	return nil
+}
+
+// commit ends the open transaction: the batch commits (when grouping: its
+// group, later), and its end becomes the next consistent point once the
+// commit succeeded.
 func (p *processor) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	if !p.inTx {
 		return errors.New("pglogical: Commit outside a transaction")
 	}
 	end := uint64(m.TransactionEndLSN)
+	p.inTx, p.skipping = false, false
 	if p.batch != nil {
 		if err := p.flush(ctx); err != nil {
 			return err
@@ -472,14 +544,88 @@ func (p *processor) commit(ctx context.Context, m *pglogrepl.CommitMessage) erro
 		}
 		batch := p.batch
 		p.batch = nil
-		if err := wait(ctx, batch.OnCommit(ctx)); err != nil {
-			p.inTx, p.skipping = false, false
+		p.inflight = append(p.inflight, inflight{end: end, at: m.CommitTime, result: batch.OnCommit(ctx)})
+		if p.grouper == nil {
+			return p.settleWait(ctx)
+		}
+		return nil
+	}
+	if len(p.inflight) > 0 {
+		// Nothing to apply, but the point must not pass the batches
+		// before it: it moves with the last of them.
+		p.inflight = append(p.inflight, inflight{end: end, at: m.CommitTime, result: closedNil})
+		return nil
+	}
+	if end > p.committed {
+		p.committed, p.committedTime = end, m.CommitTime
+	}
+	return nil
+}
+
+// closedNil is a commit result that is ready and nil.
+var closedNil = func() <-chan error {
+	ch := make(chan error, 1)
+	ch <- nil
+	close(ch)
+	return ch
+}()
+
+// commitGroup commits the open group, if there is one and no transaction
+// is open, and waits for the results.
+func (p *processor) commitGroup(ctx context.Context) error {
+	if p.grouper == nil || p.batch != nil || len(p.inflight) == 0 {
+		return nil
+	}
+	if err := p.grouper.CommitGroup(ctx); err != nil {
+		return err
+	}
+	return p.settleWait(ctx)
+}
+
+// settle moves the committed position over the transactions whose commit
+// succeeded, in order, without waiting; a failed commit is an error.
+func (p *processor) settle() error {
+	for len(p.inflight) > 0 {
+		select {
+		case err := <-p.inflight[0].result:
+			if err := p.settled(err); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// settleWait is settle waiting for every result.
+func (p *processor) settleWait(ctx context.Context) error {
+	for len(p.inflight) > 0 {
+		if err := p.settled(wait(ctx, p.inflight[0].result)); err != nil {
 			return err
 		}
 	}
-	p.inTx, p.skipping = false, false
-	if end > p.committed {
-		p.committed, p.committedTime = end, m.CommitTime
+	return nil
+}
+
+// settled takes the result err of the first in-flight transaction.
+func (p *processor) settled(err error) error {
+	t := p.inflight[0]
+	if err != nil {
+		p.inflight = p.inflight[:0]
+		p.heldKeepalive = keepalive{}
+		return err
+	}
+	p.inflight = p.inflight[1:]
+	if t.end > p.committed {
+		p.committed, p.committedTime = t.end, t.at
+	}
+	if len(p.inflight) == 0 {
+		p.inflight = nil
+		if ka := p.heldKeepalive; ka.walEnd > p.committed {
+			p.committed, p.committedTime = ka.walEnd, ka.at
+		}
+		p.heldKeepalive = keepalive{}
 	}
 	return nil
 }
@@ -512,15 +658,31 @@ func wait(ctx context.Context, result <-chan error) error {
 
 // rollback abandons the open transaction after ReadInto failed; it will be
 // sent again.
+//
+// A rollback of an open grouped batch rolls back its group: the
+// transactions before it that are in flight are dropped too (their
+// results are logical.ErrGroupRolledBack), and will be sent again, since
+// the point did not move past them. Without an open batch they are whole
+// transactions and their group commits.
 func (p *processor) rollback(ctx context.Context) error {
 	p.inTx, p.skipping = false, false
 	p.pending, p.pendingBytes, p.pendingRel = nil, 0, nil
 	if p.batch == nil {
-		return nil
+		if err := p.commitGroup(ctx); err != nil {
+			return err
+		}
+		return p.settleWait(ctx)
 	}
 	b := p.batch
 	p.batch = nil
-	return b.OnRollback(ctx)
+	err := b.OnRollback(ctx)
+	for _, t := range p.inflight {
+		if e := wait(ctx, t.result); e != nil && !errors.Is(e, logical.ErrGroupRolledBack) && err == nil {
+			err = e
+		}
+	}
+	p.inflight, p.heldKeepalive = nil, keepalive{}
+	return err
 }
 
 // abandon rolls back a batch left open when Process returns.
@@ -528,6 +690,7 @@ func (p *processor) abandon(ctx context.Context) {
 	if p.batch != nil {
 		_ = p.rollback(ctx)
 	}
+	p.inflight = nil
 }
 
 // finish ends Process on a stop: the open transaction is dropped (it will
@@ -562,7 +725,7 @@ func (p *processor) maybeSetPoint(ctx context.Context, force bool) error {
 	// While a source transaction is open that waits for its commit,
 	// which records its own end.
 	if p.d.cfg.Progress != nil && p.recorded < p.committed {
-		if p.batch != nil {
+		if p.batch != nil || len(p.inflight) > 0 {
 			return nil
 		}
 		b, err := p.events.OnBegin(ctx)

@@ -1,0 +1,347 @@
+package logical
+
+import (
+	"context"
+	"sync"
+
+	"github.com/pkg/errors"
+)
+
+// A Grouper puts consecutive batches into one target transaction (serial
+// mode) or one drain of the fan queue (fan mode), so that a backlog of
+// small source transactions costs one commit per group instead of one per
+// transaction. The Events that Process receives from the loop are
+// Groupers in every mode; a dialect opts in by calling OnBeginGrouped
+// instead of OnBegin, and in exchange promises not to wait for a grouped
+// batch's OnCommit result before it called CommitGroup.
+//
+// Grouping adds no latency on an idle source: the dialect calls
+// CommitGroup as soon as it has nothing more to read (for a channel
+// reader: when len(ch) == 0), and the group commits at once. While a
+// backlog is queued, the group grows until Config.GroupMax batches or
+// Config.BytesInFlight bytes of mutation data, and commits then.
+//
+// A group is applied as a whole: in serial mode its batches commit or roll
+// back together, so each source transaction stays atomic at the target,
+// and a dialect that records its progress in the target through each
+// batch (as pglogical's Progress does) stays exactly-once. A consistent
+// point may move past a grouped batch only once its OnCommit channel
+// received nil.
+//
+// Loop.Stats counts a group as one commit: it counts target commits.
+//
+// The methods are called from Process's goroutine; they are safe for
+// concurrent use, but one grouped batch at a time may be open.
+type Grouper interface {
+	// OnBeginGrouped opens a batch like OnBegin, except that it may
+	// share the group of the grouped batches before it. Its OnCommit
+	// ends the batch and returns at once; the channel receives the
+	// result when the group commits: on CommitGroup, when the group
+	// reached its bounds, or at a plain OnBegin. OnRollback of a grouped
+	// batch rolls back its whole group: the OnCommit channels of the
+	// batches before it receive ErrGroupRolledBack. Opening a grouped
+	// batch while another is open is an error.
+	OnBeginGrouped(ctx context.Context) (Batch, error)
+
+	// CommitGroup commits the open group, if any, and returns after the
+	// result is in the OnCommit channel of each of its batches; it
+	// returns that result too. It is an error while a grouped batch is
+	// open (between OnBeginGrouped and its OnCommit).
+	CommitGroup(ctx context.Context) error
+}
+
+// ErrGroupRolledBack is what the OnCommit channel of a grouped batch
+// receives when a later batch of the same group rolled back (see
+// Grouper) before the group committed. Nothing of the batch was applied
+// (serial mode) or some of it may have been (fan mode); the dialect must
+// not move its consistent point past it, and should read it again (a
+// dialect usually restarts from the consistent point anyway after the
+// failure that made it roll back).
+var ErrGroupRolledBack = errors.New("logical: the batch's group was rolled back by a later batch")
+
+// errGroupBusy is returned by CommitGroup and OnBeginGrouped while a
+// grouped batch is open.
+var errGroupBusy = errors.New("logical: a grouped batch is still open (call OnCommit or OnRollback first)")
+
+// groupBatcher implements Grouper over the decorated base strategy of an
+// iteration: a group is one batch of inner.
+type groupBatcher struct {
+	inner    Batcher
+	maxCount int // Config.GroupMax
+	maxBytes int // Config.BytesInFlight
+
+	mu      sync.Mutex
+	open    Batch         // the group's batch of inner; nil if none
+	current *groupedBatch // the group's batch not yet ended
+	waiting []chan error  // OnCommit channels of the group's ended batches
+	bytes   int           // mutation data given to the group
+
+	// Mutations held back to be handed to open together, per source and
+	// target table, in order of first appearance: a group of many small
+	// transactions then costs one OnData per table and not one per
+	// transaction.
+	held  map[heldKey]*heldMuts
+	order []*heldMuts
+}
+
+// heldKey is what OnData calls that can be merged have in common.
+type heldKey struct {
+	source string
+	target Table
+}
+
+// heldMuts are the held mutations of one heldKey.
+type heldMuts struct {
+	key  heldKey
+	muts []Mutation
+}
+
+// groupFlushRows is how many mutations of one table a group holds before
+// it hands them over.
+const groupFlushRows = 1000
+
+var (
+	_ Batcher = (*groupBatcher)(nil)
+	_ Grouper = (*groupBatcher)(nil)
+	_ Grouper = (*events)(nil)
+)
+
+func newGroupBatcher(inner Batcher, cfg *Config) *groupBatcher {
+	return &groupBatcher{inner: inner, maxCount: cfg.GroupMax, maxBytes: cfg.BytesInFlight}
+}
+
+// OnBegin implements Batcher: it commits an open group without an open
+// batch first, so that batches keep their order at the target.
+func (g *groupBatcher) OnBegin(ctx context.Context) (Batch, error) {
+	g.mu.Lock()
+	if g.current == nil {
+		_ = g.commitLocked(ctx) // the result went to the group's channels
+	}
+	g.mu.Unlock()
+	return g.inner.OnBegin(ctx)
+}
+
+// OnBeginGrouped implements Grouper.
+func (g *groupBatcher) OnBeginGrouped(ctx context.Context) (Batch, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.current != nil {
+		return nil, errGroupBusy
+	}
+	if g.open == nil {
+		b, err := g.inner.OnBegin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		g.open = b
+	}
+	g.current = &groupedBatch{g: g}
+	return g.current, nil
+}
+
+// CommitGroup implements Grouper.
+func (g *groupBatcher) CommitGroup(ctx context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.current != nil {
+		return errGroupBusy
+	}
+	return g.commitLocked(ctx)
+}
+
+// commitLocked commits the open group and hands its result to every
+// waiting batch. The caller holds g.mu and no grouped batch is open.
+func (g *groupBatcher) commitLocked(ctx context.Context) error {
+	if g.open == nil {
+		return nil
+	}
+	err := g.handOverLocked(ctx)
+	if err != nil {
+		_ = g.open.OnRollback(ctx)
+	} else {
+		err = commitOf(ctx, g.open)
+	}
+	g.deliverLocked(err)
+	return err
+}
+
+// hold adds muts to what the group holds for source and target, and hands
+// that over once it is many.
+func (g *groupBatcher) hold(ctx context.Context, source string, target Table, muts []Mutation) error {
+	k := heldKey{source: source, target: target}
+	h := g.held[k]
+	if h == nil {
+		if g.held == nil {
+			g.held = make(map[heldKey]*heldMuts)
+		}
+		h = &heldMuts{key: k}
+		g.held[k] = h
+		g.order = append(g.order, h)
+	}
+	if h.muts == nil {
+		h.muts = muts // the batch owns muts: no copy needed
+	} else {
+		h.muts = append(h.muts, muts...)
+	}
+	if len(h.muts) < groupFlushRows {
+		return nil
+	}
+	out := h.muts
+	h.muts = nil
+	return g.open.OnData(ctx, source, target, out)
+}
+
+// handOverLocked gives open everything the group holds.
+func (g *groupBatcher) handOverLocked(ctx context.Context) error {
+	var err error
+	for _, h := range g.order {
+		if len(h.muts) > 0 && err == nil {
+			err = g.open.OnData(ctx, h.key.source, h.key.target, h.muts)
+		}
+		h.muts = nil
+	}
+	if len(g.order) > maxHeldKeys {
+		g.dropHeldLocked()
+	}
+	return err
+}
+
+// maxHeldKeys is how many tables the group remembers from one group to
+// the next, so that a steady set of tables allocates nothing per group.
+const maxHeldKeys = 256
+
+// deliverLocked ends the group: each waiting batch receives err. The
+// caller holds g.mu.
+func (g *groupBatcher) deliverLocked(err error) {
+	for _, ch := range g.waiting {
+		ch <- err
+		close(ch)
+	}
+	clear(g.waiting)
+	g.open, g.waiting, g.bytes = nil, g.waiting[:0], 0
+}
+
+// abandon rolls back a group left open when Process returned; nobody is
+// left to read its results.
+func (g *groupBatcher) abandon(ctx context.Context) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.open == nil {
+		return
+	}
+	if g.current != nil {
+		g.current.ended = true
+		g.current = nil
+	}
+	g.dropHeldLocked()
+	_ = g.open.OnRollback(ctx)
+	g.deliverLocked(ErrGroupRolledBack)
+}
+
+// dropHeldLocked forgets what the group holds, and its tables.
+func (g *groupBatcher) dropHeldLocked() {
+	for _, h := range g.order {
+		h.muts = nil
+	}
+	clear(g.held)
+	clear(g.order)
+	g.order = g.order[:0]
+}
+
+// groupedBatch is one batch of a group.
+type groupedBatch struct {
+	g     *groupBatcher
+	ended bool
+}
+
+// Flush hands over what the group holds and flushes the group's batch, so
+// that what comes after (a truncate, say) stays after it.
+func (b *groupedBatch) Flush(ctx context.Context) error {
+	if b.ended {
+		return errEnded
+	}
+	g := b.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.handOverLocked(ctx); err != nil {
+		return err
+	}
+	return g.open.Flush(ctx)
+}
+
+// OnData holds muts back to merge them with the group's other mutations
+// of the same tables; the order of the mutations of one table is kept,
+// that of different tables is not (only a target with foreign keys could
+// tell, and the loop orders those itself with Config.ForeignKeys).
+func (b *groupedBatch) OnData(ctx context.Context, source string, target Table, muts []Mutation) error {
+	if b.ended {
+		return errEnded
+	}
+	if len(muts) == 0 {
+		return nil
+	}
+	g := b.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i := range muts {
+		g.bytes += muts[i].size()
+	}
+	if err := g.hold(ctx, source, target, muts); err != nil {
+		return err
+	}
+	if g.bytes >= g.maxBytes {
+		return g.handOverLocked(ctx)
+	}
+	return nil
+}
+
+// OnCommit ends the batch; the group commits now if it reached its
+// bounds.
+func (b *groupedBatch) OnCommit(ctx context.Context) <-chan error {
+	if b.ended {
+		return result1(errEnded)
+	}
+	b.ended = true
+	g := b.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.current = nil
+	ch := make(chan error, 1)
+	g.waiting = append(g.waiting, ch)
+	if len(g.waiting) >= g.maxCount || g.bytes >= g.maxBytes {
+		_ = g.commitLocked(ctx)
+	}
+	return ch
+}
+
+// OnRollback rolls back the whole group.
+func (b *groupedBatch) OnRollback(ctx context.Context) error {
+	if b.ended {
+		return nil
+	}
+	b.ended = true
+	g := b.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.current = nil
+	g.dropHeldLocked()
+	err := g.open.OnRollback(ctx)
+	g.deliverLocked(ErrGroupRolledBack)
+	return err
+}
+
+// OnBeginGrouped implements Grouper.
+func (e *events) OnBeginGrouped(ctx context.Context) (Batch, error) {
+	if g, ok := e.Batcher.(Grouper); ok {
+		return g.OnBeginGrouped(ctx)
+	}
+	return e.Batcher.OnBegin(ctx)
+}
+
+// CommitGroup implements Grouper.
+func (e *events) CommitGroup(ctx context.Context) error {
+	if g, ok := e.Batcher.(Grouper); ok {
+		return g.CommitGroup(ctx)
+	}
+	return nil
+}
