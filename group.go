@@ -258,7 +258,7 @@ type groupedBatch struct {
 // that what comes after (a truncate, say) stays after it.
 func (b *groupedBatch) Flush(ctx context.Context) error {
 	if b.ended {
-		return errEnded
+		return ErrBatchEnded
 	}
 	g := b.g
 	g.mu.Lock()
@@ -275,7 +275,7 @@ func (b *groupedBatch) Flush(ctx context.Context) error {
 // tell, and the loop orders those itself with Config.ForeignKeys).
 func (b *groupedBatch) OnData(ctx context.Context, source string, target Table, muts []Mutation) error {
 	if b.ended {
-		return errEnded
+		return ErrBatchEnded
 	}
 	if len(muts) == 0 {
 		return nil
@@ -299,7 +299,7 @@ func (b *groupedBatch) OnData(ctx context.Context, source string, target Table, 
 // bounds.
 func (b *groupedBatch) OnCommit(ctx context.Context) <-chan error {
 	if b.ended {
-		return result1(errEnded)
+		return result1(ErrBatchEnded)
 	}
 	b.ended = true
 	g := b.g

@@ -137,7 +137,7 @@ func TestGroupRollbackDropsTheWholeGroup(t *testing.T) {
 	for i, ch := range results {
 		assert.ErrorIs(t, <-ch, ErrGroupRolledBack, "batch %d", i)
 	}
-	assert.ErrorIs(t, b.OnData(ctx, "src", groupTables[0], []Mutation{{Key: json.RawMessage("[9]")}}), errEnded)
+	assert.ErrorIs(t, b.OnData(ctx, "src", groupTables[0], []Mutation{{Key: json.RawMessage("[9]")}}), ErrBatchEnded)
 	assert.Zero(t, target.commits)
 	for _, table := range groupTables {
 		assert.Zero(t, target.Count(table), "nothing of the group was applied")
