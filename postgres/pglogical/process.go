@@ -213,10 +213,19 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 		if mut.Before, err = rowJSON(rel, old); err != nil {
 			return err
 		}
+		// The full old row (REPLICA IDENTITY FULL) has the values of
+		// unchanged TOAST columns that the new one lacks.
+		new = withOldValues(new, old)
 	}
 	if new == nil { // delete
 		if mut.Key, err = keyJSON(rel, old); err != nil {
 			return err
+		}
+		if mut.Before == nil {
+			// For a target without a key, which finds the row by it.
+			if mut.Before, err = keyObjectJSON(rel, old); err != nil {
+				return err
+			}
 		}
 		return p.add(ctx, rel, mut)
 	}
@@ -232,11 +241,77 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 			return err
 		}
 		if !bytes.Equal(oldKey, mut.Key) {
-			del := logical.Mutation{Key: oldKey, Before: mut.Before, Time: mut.Time}
+			if mut.Before != nil || hasUnchanged(new) {
+				// One mutation whose Before has the old row (or key)
+				// moves the row: a delete and an upsert would lose the
+				// values the server did not send, and in a target
+				// table without a key would delete the wrong one of
+				// two equal rows. (With REPLICA IDENTITY FULL every
+				// update that changes a value is such a move.)
+				if mut.Before == nil {
+					if mut.Before, err = keyObjectJSON(rel, old); err != nil {
+						return err
+					}
+				}
+				return p.addAlone(ctx, rel, mut)
+			}
+			before, err := keyObjectJSON(rel, old)
+			if err != nil {
+				return err
+			}
+			del := logical.Mutation{Key: oldKey, Before: before, Time: mut.Time}
 			return p.add(ctx, rel, del, mut)
 		}
 	}
 	return p.add(ctx, rel, mut)
+}
+
+// hasUnchanged reports whether a tuple lacks an unchanged TOAST value.
+func hasUnchanged(t *pglogrepl.TupleData) bool {
+	for _, c := range t.Columns {
+		if c.DataType == pglogrepl.TupleDataTypeToast {
+			return true
+		}
+	}
+	return false
+}
+
+// withOldValues returns new with its unchanged TOAST values taken from
+// old, the full old row; new itself if it lacks none.
+func withOldValues(new, old *pglogrepl.TupleData) *pglogrepl.TupleData {
+	if new == nil || !hasUnchanged(new) || len(old.Columns) != len(new.Columns) {
+		return new
+	}
+	out := &pglogrepl.TupleData{ColumnNum: new.ColumnNum, Columns: make([]*pglogrepl.TupleDataColumn, len(new.Columns))}
+	for i, c := range new.Columns {
+		if c.DataType == pglogrepl.TupleDataTypeToast && old.Columns[i].DataType != pglogrepl.TupleDataTypeToast {
+			c = old.Columns[i]
+		}
+		out.Columns[i] = c
+	}
+	return out
+}
+
+// addAlone queues a mutation that touches two keys (a key move) so that
+// in fan mode it is applied after everything before it and before
+// everything after it: the mutations of either key may be in other
+// shards.
+func (p *processor) addAlone(ctx context.Context, rel *relation, mut logical.Mutation) error {
+	if err := p.flush(ctx); err != nil {
+		return err
+	}
+	if p.batch != nil {
+		if err := p.batch.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if err := p.add(ctx, rel, mut); err != nil {
+		return err
+	}
+	if err := p.flush(ctx); err != nil {
+		return err
+	}
+	return p.batch.Flush(ctx)
 }
 
 // insertMeta is the Meta of every insert's mutation, shared: nobody
@@ -301,6 +376,31 @@ func keyJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
 	}
 	buf = append(buf, ']')
 	return buf, nil
+}
+
+// keyObjectJSON encodes the key columns of a tuple as a JSON object, the
+// Before of a change whose old tuple has only the key.
+func keyObjectJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
+	if len(t.Columns) != len(rel.columns) {
+		return nil, errors.Errorf("pglogical: %s: row has %d columns, the relation %d", rel.source, len(t.Columns), len(rel.columns))
+	}
+	names := rel.quotedNames()
+	buf := []byte{'{'}
+	var err error
+	for n, i := range rel.key {
+		if n > 0 {
+			buf = append(buf, ',')
+		}
+		c := t.Columns[i]
+		if c.DataType == pglogrepl.TupleDataTypeToast {
+			return nil, errors.Errorf("pglogical: %s: key column %q was not sent", rel.source, rel.columns[i])
+		}
+		buf = append(buf, names[i]...)
+		if buf, err = appendValue(buf, rel, i, c); err != nil {
+			return nil, err
+		}
+	}
+	return append(buf, '}'), nil
 }
 
 // quotedNames returns the relation's column names as JSON strings, each

@@ -162,3 +162,45 @@ func TestTargetCatalogChange(t *testing.T) {
 		})
 	}
 }
+
+// TestTargetKeyless updates and deletes single rows of a table without a
+// key, found by their old values, duplicates included.
+func TestTargetKeyless(t *testing.T) {
+	db := pgtest.NewDB(t, "keyless")
+	ctx := context.Background()
+	target := pgstore.NewTarget(db.Pool)
+	for _, mode := range applyModes {
+		t.Run(mode.name, func(t *testing.T) {
+			name := "keyless_" + mode.name
+			db.Exec(t, `CREATE TABLE `+name+` (a int, b text, j json, p point)`)
+			table := logical.Table{Schema: "public", Name: name}
+			ins := map[string]any{pgstore.MetaInsert: true}
+			m := func(before, data string, meta map[string]any) logical.Mutation {
+				mut := logical.Mutation{Key: json.RawMessage(`["x"]`), Meta: meta}
+				if before != "" {
+					mut.Before = json.RawMessage(before)
+				}
+				if data != "" {
+					mut.Data = json.RawMessage(data)
+				}
+				return mut
+			}
+			one := `{"a":"1","b":"x","j":"{\"k\": 1}","p":"(1,2)"}`
+			require.NoError(t, mode.apply(ctx, target, table, []logical.Mutation{
+				m("", one, ins), m("", one, ins), m("", `{"a":"2","b":null,"j":null,"p":null}`, ins),
+				m(one, `{"a":"1","b":"one of two","j":"{\"k\": 1}","p":"(1,2)"}`, nil),
+				m(`{"a":"2","b":null,"j":null,"p":null}`, `{"a":"2","b":"was null","j":null,"p":null}`, nil),
+			}))
+			var got string
+			require.NoError(t, db.Pool.QueryRow(ctx, `SELECT string_agg(t::text, ' ' ORDER BY t::text) FROM `+name+` t`).Scan(&got))
+			assert.Equal(t, `(1,"one of two","{""k"": 1}","(1,2)") (1,x,"{""k"": 1}","(1,2)") (2,"was null",,)`, got)
+
+			require.NoError(t, mode.apply(ctx, target, table, []logical.Mutation{m(one, "", nil)}))
+			require.NoError(t, db.Pool.QueryRow(ctx, `SELECT string_agg(t::text, ' ' ORDER BY t::text) FROM `+name+` t`).Scan(&got))
+			assert.Equal(t, `(1,"one of two","{""k"": 1}","(1,2)") (2,"was null",,)`, got)
+
+			err := mode.apply(ctx, target, table, []logical.Mutation{m("", `{"a":"5"}`, nil)})
+			assert.ErrorContains(t, err, "cannot apply an update to public."+name)
+		})
+	}
+}

@@ -269,7 +269,7 @@ func TestTargetApply(t *testing.T) {
 		assert.Equal(t, []string{"(1,a)", "(1,a)"}, rows(`SELECT t::text FROM "My ""Schema""".nokey t`))
 		err := target.Apply(ctx, nokey, []logical.Mutation{del(`["1"]`)})
 		require.ErrorContains(t, err, "nokey")
-		require.ErrorContains(t, err, "no primary key")
+		require.ErrorContains(t, err, "cannot apply a delete")
 	})
 
 	t.Run("errors name the table or column", func(t *testing.T) {

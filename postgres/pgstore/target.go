@@ -456,7 +456,7 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 	if len(muts) == 0 {
 		return nil
 	}
-	err := t.applyRows(ctx, q, info, muts)
+	err := t.applyParts(ctx, q, info, muts)
 	var unknown unknownColumnError
 	if !errors.As(err, &unknown) {
 		return err
@@ -464,7 +464,7 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 	if info, err = t.info(ctx, info.table, true); err != nil {
 		return err
 	}
-	err = t.applyRows(ctx, q, info, muts)
+	err = t.applyParts(ctx, q, info, muts)
 	if errors.As(err, &unknown) {
 		return errors.Errorf("pgstore: table %s has no column %q", info.table, unknown.name)
 	}
