@@ -24,7 +24,7 @@ import (
 // position (unless Config.NoKeepalivePoints), so an idle or filtered
 // source still lets the slot advance.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
-	p := &processor{d: d, events: events, rels: make(map[uint32]*relation)}
+	p := &processor{d: d, events: events, rels: make(map[uint32]*relation), sources: make(map[logical.Table]string)}
 	cp, _ := events.GetConsistentPoint()
 	p.persisted = stampPos(cp)
 	p.committed = p.persisted
@@ -76,10 +76,11 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 
 // relation is what a Relation message said about a source table.
 type relation struct {
-	source  string // "schema.name" at the source
-	name    string
-	columns []string
-	key     []int // indexes of the key columns; all columns if none
+	source    string // "schema.name" at the source
+	namespace string
+	name      string
+	columns   []string
+	key       []int // indexes of the key columns; all columns if none
 
 	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
 }
@@ -89,6 +90,8 @@ type processor struct {
 	d      *Dialect
 	events logical.Events
 	rels   map[uint32]*relation
+	// sources is the source table of each target table seen.
+	sources map[logical.Table]string
 
 	inTx     bool // between Begin and Commit
 	skipping bool // the open transaction was applied already
@@ -132,7 +135,7 @@ func (p *processor) handle(ctx context.Context, m logical.Message) error {
 func (p *processor) handleWAL(ctx context.Context, m pglogrepl.Message) error {
 	switch m := m.(type) {
 	case *pglogrepl.RelationMessage:
-		p.relation(m)
+		return p.relation(m)
 	case *pglogrepl.BeginMessage:
 		if p.inTx {
 			return errors.New("pglogical: Begin inside a transaction")
@@ -162,9 +165,10 @@ func (p *processor) handleWAL(ctx context.Context, m pglogrepl.Message) error {
 	return nil
 }
 
-// relation records a table's columns.
-func (p *processor) relation(m *pglogrepl.RelationMessage) {
-	rel := &relation{source: m.Namespace + "." + m.RelationName, name: m.RelationName}
+// relation records a table's columns. A second source table for the same
+// target table is an error.
+func (p *processor) relation(m *pglogrepl.RelationMessage) error {
+	rel := &relation{source: m.Namespace + "." + m.RelationName, namespace: m.Namespace, name: m.RelationName}
 	for i, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
 		if c.Flags&1 != 0 {
@@ -177,15 +181,31 @@ func (p *processor) relation(m *pglogrepl.RelationMessage) {
 		}
 	}
 	p.rels[m.RelationID] = rel
+	target := p.target(rel)
+	if other, ok := p.sources[target]; ok && other != rel.source {
+		return errors.Errorf("pglogical: source tables %s and %s would both be written to %s; map their schemas to different target schemas",
+			other, rel.source, target)
+	}
+	p.sources[target] = rel.source
+	return nil
 }
 
 // target returns the target table of rel.
 func (p *processor) target(rel *relation) logical.Table {
-	schema := p.events.GetTargetDB()
-	if schema == "" {
-		schema, _, _ = strings.Cut(rel.source, ".")
+	return logical.Table{Schema: TargetSchema(rel.namespace, p.d.cfg.SchemaMap, p.events.GetTargetDB()), Name: rel.name}
+}
+
+// TargetSchema is the target schema of a source table in schema source
+// (see Config.SchemaMap): mapped, else fallback if not empty, else the
+// source schema itself.
+func TargetSchema(source string, schemaMap map[string]string, fallback string) string {
+	if s, ok := schemaMap[source]; ok {
+		return s
 	}
-	return logical.Table{Schema: schema, Name: rel.name}
+	if fallback != "" {
+		return fallback
+	}
+	return source
 }
 
 // change turns a row change into mutations: new is nil for a delete, old
@@ -547,8 +567,20 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 	if err := p.batch.Flush(ctx); err != nil {
 		return err
 	}
+	// Each table gets a mutation of its own; the list of all lets a
+	// target empty them together, as foreign keys between them need.
+	// (Like PostgreSQL's own subscriber, CASCADE is not passed on: the
+	// source lists every table it cascaded to.)
+	tables := make([]logical.Table, len(rels))
+	for i, rel := range rels {
+		tables[i] = p.target(rel)
+	}
+	meta := map[string]any{logical.MetaTruncate: true, logical.MetaTruncateTables: tables}
+	if m.Option&pglogrepl.TruncateOptionRestartIdentity != 0 {
+		meta[logical.MetaTruncateRestart] = true
+	}
 	for _, rel := range rels {
-		mut := logical.Mutation{Meta: map[string]any{logical.MetaTruncate: true}, Time: p.begin.CommitTime}
+		mut := logical.Mutation{Meta: meta, Time: p.begin.CommitTime}
 		if err := p.batch.OnData(ctx, rel.source, p.target(rel), []logical.Mutation{mut}); err != nil {
 			return err
 		}

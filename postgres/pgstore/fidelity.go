@@ -47,19 +47,20 @@ func isDataError(err error) bool {
 }
 
 // suggestsCatalogChange reports whether err is one that a changed target
-// table causes when the cached description is stale: a value out of range
-// or not valid for the cached type, a type mismatch, an unknown column or
-// table, or a missing operator.
+// table causes when the cached description is stale: any data exception
+// (a value out of range, too long or not valid for the cached type, which
+// includes the inexact-value check of valueExpr), a type mismatch, an
+// unknown column or table, or a missing operator.
 func suggestsCatalogChange(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return false
 	}
 	switch pgErr.Code {
-	case "22003", "22P02", "22001", "42804", "42703", "42P01", "42883", "428C9":
+	case "42804", "42703", "42P01", "42883", "428C9":
 		return true
 	}
-	return false
+	return strings.HasPrefix(pgErr.Code, "22")
 }
 
 // diagnose looks for the first column and value of d that the target

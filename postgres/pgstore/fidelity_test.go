@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/logical-go/logical"
@@ -201,6 +202,29 @@ func TestTargetKeyless(t *testing.T) {
 
 			err := mode.apply(ctx, target, table, []logical.Mutation{m("", `{"a":"5"}`, nil)})
 			assert.ErrorContains(t, err, "cannot apply an update to public."+name)
+		})
+	}
+}
+
+// TestTargetWidenedAfterError widens a column after a value was refused
+// (each kind of refusal): the next attempt sees the new type.
+func TestTargetWidenedAfterError(t *testing.T) {
+	db := pgtest.NewDB(t, "widened")
+	ctx := context.Background()
+	target := pgstore.NewTarget(db.Pool)
+	for _, tc := range []struct{ name, narrow, wide, value string }{
+		{"too long", "varchar(2)", "text", "abc"},
+		{"rounded numeric", "numeric(4,1)", "numeric", "1.25"},
+		{"rounded timestamp", "timestamp(0)", "timestamp", "2024-01-02 03:04:05.5"},
+		{"out of range", "int", "bigint", "9000000000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := strings.ReplaceAll(tc.name, " ", "_")
+			db.Exec(t, `CREATE TABLE `+name+` (id int PRIMARY KEY, c `+tc.narrow+`)`)
+			table := logical.Table{Schema: "public", Name: name}
+			require.Error(t, target.Apply(ctx, table, []logical.Mutation{row(1, "c", &tc.value)}))
+			db.Exec(t, `ALTER TABLE `+name+` ALTER COLUMN c TYPE `+tc.wide)
+			require.NoError(t, target.Apply(ctx, table, []logical.Mutation{row(1, "c", &tc.value)}))
 		})
 	}
 }

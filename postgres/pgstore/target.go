@@ -423,12 +423,35 @@ func (t *Target) apply(ctx context.Context, q execer, table logical.Table, muts 
 		if err := t.applySegment(ctx, q, info, muts[start:i]); err != nil {
 			return err
 		}
-		if err := q.exec(ctx, stmt{what: "truncating " + table.String()}, "DELETE FROM "+info.ident); err != nil {
+		if err := t.truncate(ctx, q, info, muts[i].Meta); err != nil {
 			return err
 		}
 		start = i + 1
 	}
 	return t.applySegment(ctx, q, info, muts[start:])
+}
+
+// truncate empties a table. With the list of tables the source truncated
+// together (logical.MetaTruncateTables) it is one TRUNCATE of all of them,
+// which foreign keys among them allow, and RESTART IDENTITY if the
+// source's did (logical.MetaTruncateRestart); without it, a DELETE of
+// every row, in order with whatever else the transaction does.
+func (t *Target) truncate(ctx context.Context, q execer, info *tableInfo, meta map[string]any) error {
+	tables, _ := meta[logical.MetaTruncateTables].([]logical.Table)
+	if len(tables) == 0 {
+		return q.exec(ctx, stmt{what: "truncating " + info.table.String(), info: info}, "DELETE FROM "+info.ident)
+	}
+	names := make([]string, 0, len(tables))
+	var list []string
+	for _, tbl := range tables {
+		names = append(names, TableIdent(tbl))
+		list = append(list, tbl.String())
+	}
+	sql := "TRUNCATE " + strings.Join(names, ", ")
+	if restart, _ := meta[logical.MetaTruncateRestart].(bool); restart {
+		sql += " RESTART IDENTITY"
+	}
+	return q.exec(ctx, stmt{what: "truncating " + strings.Join(list, ", "), info: info}, sql)
 }
 
 // rowState is the net effect of a segment's mutations on one key.
