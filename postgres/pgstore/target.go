@@ -240,7 +240,7 @@ type loggedStmt struct {
 }
 
 // replayBytes bounds the statements a transaction keeps for a replay.
-const replayBytes = 16 << 20
+var replayBytes = 16 << 20 // a variable for tests
 
 // exec implements execer by queueing the statement.
 func (x *targetTx) exec(ctx context.Context, st stmt, sql string, args ...any) error {
