@@ -30,12 +30,16 @@ const (
 )
 
 // Target is a logical.Target that writes into existing PostgreSQL tables.
-// It reads each table's columns, types and primary key from the catalog the
-// first time it sees the table (and again when a row has a column it does
-// not know), and lets the database convert values: each JSON value is taken
-// as text (->>) and cast to the column's type, so the text form a source
-// decoded (pgoutput's) and ordinary JSON numbers, booleans and objects all
-// work.
+// It reads each table's columns, types and key from the catalog the first
+// time it sees the table (again when a row has a column it does not know,
+// and after any error that suggests the table changed), and lets the
+// database convert values: each JSON value is taken as text (->>) and
+// cast to the column's base type, so the text form a source decoded
+// (pgoutput's) and ordinary JSON numbers, booleans and objects all work.
+// A value the column cannot hold exactly (too long, out of range, more
+// digits or precision than its typmod keeps) fails the statement with an
+// error naming the table, column and value; nothing is truncated or
+// rounded. Identity columns GENERATED ALWAYS take the given values.
 //
 // One Apply call costs at most one statement per distinct set of columns
 // among its upserts (usually one; rows the source inserted, see
@@ -53,8 +57,13 @@ const (
 // Only the last mutation of a key within one call counts; an upsert whose
 // row lacks some columns (PostgreSQL's unchanged TOAST values) updates only
 // the columns it has, so the target keeps the others. Mutation.Key holds the
-// primary-key values in the table's column order. Tables without a primary
-// key get plain INSERTs, and a delete there is an error naming the table.
+// key values in the table's column order. The key is the primary key, or
+// else the replica-identity index. An upsert whose Before has other key
+// values than its Data moves the row (an UPDATE of the old row, so the
+// columns Data lacks are kept). In a table with no key, rows marked
+// MetaInsert (and upserts with an empty Key) are inserted, and an update
+// or delete changes exactly one row equal to its Before in every column
+// Before has; without a Before it is an error naming the table.
 //
 // Target is also a logical.Orderer over the catalog's foreign keys. All
 // methods are safe for concurrent use.
