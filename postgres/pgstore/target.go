@@ -20,10 +20,13 @@ import (
 // MetaTruncate and MetaInsert are the Mutation.Meta keys this Target
 // honours; they are logical.MetaTruncate and logical.MetaInsert. For a
 // truncate the table is emptied in order with the other mutations of the
-// Apply call. An insert's row is written with a plain INSERT when it is the
-// first mutation of its key in the call; should the key exist after all,
-// the statement fails with a unique violation, the Target upserts into the
-// table from then on, and the caller's retry succeeds.
+// Apply call (with logical.MetaTruncateTables, by one TRUNCATE of all the
+// tables listed). An insert's row is written with a plain INSERT when it
+// is the first mutation of its key in the call; should the key exist after
+// all (a replay), the Target upserts into the table from then on and redoes
+// the write at once as an upsert: outside a transaction the statement, in
+// one the whole transaction from its statement log (if that is not larger
+// than 16 MiB; else the transaction fails and the caller's retry upserts).
 const (
 	MetaTruncate = logical.MetaTruncate
 	MetaInsert   = logical.MetaInsert
