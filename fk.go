@@ -78,6 +78,13 @@ func (b *fkBatch) OnData(ctx context.Context, source string, target Table, muts 
 	}
 	var pass []Mutation
 	for _, m := range muts {
+		if truncate, _ := m.Meta[MetaTruncate].(bool); truncate {
+			// A truncate goes through in order (a dialect flushes
+			// around it) and supersedes what is held for the table.
+			delete(b.held, target)
+			pass = append(pass, m)
+			continue
+		}
 		if lvl == 0 && !m.IsDelete() {
 			b.forget(target, m.Key)
 			pass = append(pass, m)

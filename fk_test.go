@@ -201,3 +201,22 @@ func TestForeignKeyConfiguration(t *testing.T) {
 		assert.Contains(t, err.Error(), "Orderer")
 	})
 }
+
+// TestForeignKeyTruncate checks that a truncate passes the ordering in
+// order (it has no key to hold it by) and drops what was held for its
+// table before it.
+func TestForeignKeyTruncate(t *testing.T) {
+	ctx := context.Background()
+	b, r := fkBatcher(t)
+	truncate := logical.Mutation{Meta: map[string]any{logical.MetaTruncate: true}}
+	require.NoError(t, fkApply(ctx, b,
+		fkWrite{fkParent, upsert(`[1]`, `{}`)},
+		fkWrite{fkChild, upsert(`[1]`, `{"v":"before"}`)},
+		fkWrite{fkChild, truncate},
+		fkWrite{fkChild, upsert(`[1]`, `{"v":"after"}`)},
+	))
+	assert.Equal(t, []string{"parent [1]", "child -", "child [1]"}, describe(r.Writes()))
+	row, ok := r.Row(fkChild, `[1]`)
+	require.True(t, ok)
+	assert.JSONEq(t, `{"v":"after"}`, string(row))
+}

@@ -17,4 +17,15 @@ const (
 	// call. Such a mutation has no Key and no Data, so a Target that does
 	// not know the key fails on the missing key instead of deleting one row.
 	MetaTruncate = "logical.truncate"
+
+	// MetaTruncateTables (value []Table), on a MetaTruncate mutation,
+	// lists every target table the source truncated in the same
+	// statement, this one included, in the source's order: a Target can
+	// empty them together, which foreign keys between them require. A
+	// dialect still sends one MetaTruncate mutation per table.
+	MetaTruncateTables = "logical.truncate.tables"
+
+	// MetaTruncateRestart (value true), on a MetaTruncate mutation, says
+	// the source's TRUNCATE restarted the tables' identity sequences.
+	MetaTruncateRestart = "logical.truncate.restart"
 )

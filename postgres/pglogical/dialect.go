@@ -127,6 +127,13 @@ type Config struct {
 	// group (one target transaction in serial mode), committed as soon as
 	// nothing more is queued; see Process.
 	NoGrouping bool
+
+	// SchemaMap maps source schemas to target schemas. A table of a
+	// schema not in it goes to the loop's target schema
+	// (State.GetTargetDB) if that is set, and else to the schema of the
+	// same name. Two source tables that would land in one target table
+	// are an error (Process fails naming both) rather than a merge.
+	SchemaMap map[string]string
 }
 
 // Dialect is a logical.Dialect over a pgoutput replication slot. Create it

@@ -31,7 +31,7 @@ import (
 // latency, and the point moves past each transaction once its group
 // committed.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
-	p := &processor{d: d, events: events, rels: make(map[uint32]*relation)}
+	p := &processor{d: d, events: events, rels: make(map[uint32]*relation), sources: make(map[logical.Table]string)}
 	if g, ok := events.(logical.Grouper); ok && !d.cfg.NoGrouping {
 		p.grouper = g
 	}
@@ -112,10 +112,11 @@ func (p *processor) waitsForCommit() bool {
 
 // relation is what a Relation message said about a source table.
 type relation struct {
-	source  string // "schema.name" at the source
-	name    string
-	columns []string
-	key     []int // indexes of the key columns; all columns if none
+	source    string // "schema.name" at the source
+	namespace string
+	name      string
+	columns   []string
+	key       []int // indexes of the key columns; all columns if none
 
 	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
 }
@@ -125,6 +126,8 @@ type processor struct {
 	d      *Dialect
 	events logical.Events
 	rels   map[uint32]*relation
+	// sources is the source table of each target table seen.
+	sources map[logical.Table]string
 
 	inTx     bool // between Begin and Commit
 	skipping bool // the open transaction was applied already
@@ -190,7 +193,7 @@ func (p *processor) handle(ctx context.Context, m logical.Message) error {
 func (p *processor) handleWAL(ctx context.Context, m pglogrepl.Message) error {
 	switch m := m.(type) {
 	case *pglogrepl.RelationMessage:
-		p.relation(m)
+		return p.relation(m)
 	case *pglogrepl.BeginMessage:
 		if p.inTx {
 			return errors.New("pglogical: Begin inside a transaction")
@@ -220,9 +223,10 @@ func (p *processor) handleWAL(ctx context.Context, m pglogrepl.Message) error {
 	return nil
 }
 
-// relation records a table's columns.
-func (p *processor) relation(m *pglogrepl.RelationMessage) {
-	rel := &relation{source: m.Namespace + "." + m.RelationName, name: m.RelationName}
+// relation records a table's columns. A second source table for the same
+// target table is an error.
+func (p *processor) relation(m *pglogrepl.RelationMessage) error {
+	rel := &relation{source: m.Namespace + "." + m.RelationName, namespace: m.Namespace, name: m.RelationName}
 	for i, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
 		if c.Flags&1 != 0 {
@@ -235,15 +239,31 @@ func (p *processor) relation(m *pglogrepl.RelationMessage) {
 		}
 	}
 	p.rels[m.RelationID] = rel
+	target := p.target(rel)
+	if other, ok := p.sources[target]; ok && other != rel.source {
+		return errors.Errorf("pglogical: source tables %s and %s would both be written to %s; map their schemas to different target schemas",
+			other, rel.source, target)
+	}
+	p.sources[target] = rel.source
+	return nil
 }
 
 // target returns the target table of rel.
 func (p *processor) target(rel *relation) logical.Table {
-	schema := p.events.GetTargetDB()
-	if schema == "" {
-		schema, _, _ = strings.Cut(rel.source, ".")
+	return logical.Table{Schema: TargetSchema(rel.namespace, p.d.cfg.SchemaMap, p.events.GetTargetDB()), Name: rel.name}
+}
+
+// TargetSchema is the target schema of a source table in schema source
+// (see Config.SchemaMap): mapped, else fallback if not empty, else the
+// source schema itself.
+func TargetSchema(source string, schemaMap map[string]string, fallback string) string {
+	if s, ok := schemaMap[source]; ok {
+		return s
 	}
-	return logical.Table{Schema: schema, Name: rel.name}
+	if fallback != "" {
+		return fallback
+	}
+	return source
 }
 
 // change turns a row change into mutations: new is nil for a delete, old
@@ -271,10 +291,19 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 		if mut.Before, err = rowJSON(rel, old); err != nil {
 			return err
 		}
+		// The full old row (REPLICA IDENTITY FULL) has the values of
+		// unchanged TOAST columns that the new one lacks.
+		new = withOldValues(new, old)
 	}
 	if new == nil { // delete
 		if mut.Key, err = keyJSON(rel, old); err != nil {
 			return err
+		}
+		if mut.Before == nil {
+			// For a target without a key, which finds the row by it.
+			if mut.Before, err = keyObjectJSON(rel, old); err != nil {
+				return err
+			}
 		}
 		return p.add(ctx, rel, mut)
 	}
@@ -290,11 +319,77 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 			return err
 		}
 		if !bytes.Equal(oldKey, mut.Key) {
-			del := logical.Mutation{Key: oldKey, Before: mut.Before, Time: mut.Time}
+			if mut.Before != nil || hasUnchanged(new) {
+				// One mutation whose Before has the old row (or key)
+				// moves the row: a delete and an upsert would lose the
+				// values the server did not send, and in a target
+				// table without a key would delete the wrong one of
+				// two equal rows. (With REPLICA IDENTITY FULL every
+				// update that changes a value is such a move.)
+				if mut.Before == nil {
+					if mut.Before, err = keyObjectJSON(rel, old); err != nil {
+						return err
+					}
+				}
+				return p.addAlone(ctx, rel, mut)
+			}
+			before, err := keyObjectJSON(rel, old)
+			if err != nil {
+				return err
+			}
+			del := logical.Mutation{Key: oldKey, Before: before, Time: mut.Time}
 			return p.add(ctx, rel, del, mut)
 		}
 	}
 	return p.add(ctx, rel, mut)
+}
+
+// hasUnchanged reports whether a tuple lacks an unchanged TOAST value.
+func hasUnchanged(t *pglogrepl.TupleData) bool {
+	for _, c := range t.Columns {
+		if c.DataType == pglogrepl.TupleDataTypeToast {
+			return true
+		}
+	}
+	return false
+}
+
+// withOldValues returns new with its unchanged TOAST values taken from
+// old, the full old row; new itself if it lacks none.
+func withOldValues(new, old *pglogrepl.TupleData) *pglogrepl.TupleData {
+	if new == nil || !hasUnchanged(new) || len(old.Columns) != len(new.Columns) {
+		return new
+	}
+	out := &pglogrepl.TupleData{ColumnNum: new.ColumnNum, Columns: make([]*pglogrepl.TupleDataColumn, len(new.Columns))}
+	for i, c := range new.Columns {
+		if c.DataType == pglogrepl.TupleDataTypeToast && old.Columns[i].DataType != pglogrepl.TupleDataTypeToast {
+			c = old.Columns[i]
+		}
+		out.Columns[i] = c
+	}
+	return out
+}
+
+// addAlone queues a mutation that touches two keys (a key move) so that
+// in fan mode it is applied after everything before it and before
+// everything after it: the mutations of either key may be in other
+// shards.
+func (p *processor) addAlone(ctx context.Context, rel *relation, mut logical.Mutation) error {
+	if err := p.flush(ctx); err != nil {
+		return err
+	}
+	if p.batch != nil {
+		if err := p.batch.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if err := p.add(ctx, rel, mut); err != nil {
+		return err
+	}
+	if err := p.flush(ctx); err != nil {
+		return err
+	}
+	return p.batch.Flush(ctx)
 }
 
 // insertMeta is the Meta of every insert's mutation, shared: nobody
@@ -359,6 +454,31 @@ func keyJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
 	}
 	buf = append(buf, ']')
 	return buf, nil
+}
+
+// keyObjectJSON encodes the key columns of a tuple as a JSON object, the
+// Before of a change whose old tuple has only the key.
+func keyObjectJSON(rel *relation, t *pglogrepl.TupleData) (json.RawMessage, error) {
+	if len(t.Columns) != len(rel.columns) {
+		return nil, errors.Errorf("pglogical: %s: row has %d columns, the relation %d", rel.source, len(t.Columns), len(rel.columns))
+	}
+	names := rel.quotedNames()
+	buf := []byte{'{'}
+	var err error
+	for n, i := range rel.key {
+		if n > 0 {
+			buf = append(buf, ',')
+		}
+		c := t.Columns[i]
+		if c.DataType == pglogrepl.TupleDataTypeToast {
+			return nil, errors.Errorf("pglogical: %s: key column %q was not sent", rel.source, rel.columns[i])
+		}
+		buf = append(buf, names[i]...)
+		if buf, err = appendValue(buf, rel, i, c); err != nil {
+			return nil, err
+		}
+	}
+	return append(buf, '}'), nil
 }
 
 // quotedNames returns the relation's column names as JSON strings, each
@@ -497,8 +617,20 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 	if err := p.batch.Flush(ctx); err != nil {
 		return err
 	}
+	// Each table gets a mutation of its own; the list of all lets a
+	// target empty them together, as foreign keys between them need.
+	// (Like PostgreSQL's own subscriber, CASCADE is not passed on: the
+	// source lists every table it cascaded to.)
+	tables := make([]logical.Table, len(rels))
+	for i, rel := range rels {
+		tables[i] = p.target(rel)
+	}
+	meta := map[string]any{logical.MetaTruncate: true, logical.MetaTruncateTables: tables}
+	if m.Option&pglogrepl.TruncateOptionRestartIdentity != 0 {
+		meta[logical.MetaTruncateRestart] = true
+	}
 	for _, rel := range rels {
-		mut := logical.Mutation{Meta: map[string]any{logical.MetaTruncate: true}, Time: p.begin.CommitTime}
+		mut := logical.Mutation{Meta: meta, Time: p.begin.CommitTime}
 		if err := p.batch.OnData(ctx, rel.source, p.target(rel), []logical.Mutation{mut}); err != nil {
 			return err
 		}

@@ -20,22 +20,29 @@ import (
 // MetaTruncate and MetaInsert are the Mutation.Meta keys this Target
 // honours; they are logical.MetaTruncate and logical.MetaInsert. For a
 // truncate the table is emptied in order with the other mutations of the
-// Apply call. An insert's row is written with a plain INSERT when it is the
-// first mutation of its key in the call; should the key exist after all,
-// the statement fails with a unique violation, the Target upserts into the
-// table from then on, and the caller's retry succeeds.
+// Apply call (with logical.MetaTruncateTables, by one TRUNCATE of all the
+// tables listed). An insert's row is written with a plain INSERT when it
+// is the first mutation of its key in the call; should the key exist after
+// all (a replay), the Target upserts into the table from then on and redoes
+// the write at once as an upsert: outside a transaction the statement, in
+// one the whole transaction from its statement log (if that is not larger
+// than 16 MiB; else the transaction fails and the caller's retry upserts).
 const (
 	MetaTruncate = logical.MetaTruncate
 	MetaInsert   = logical.MetaInsert
 )
 
 // Target is a logical.Target that writes into existing PostgreSQL tables.
-// It reads each table's columns, types and primary key from the catalog the
-// first time it sees the table (and again when a row has a column it does
-// not know), and lets the database convert values: each JSON value is taken
-// as text (->>) and cast to the column's type, so the text form a source
-// decoded (pgoutput's) and ordinary JSON numbers, booleans and objects all
-// work.
+// It reads each table's columns, types and key from the catalog the first
+// time it sees the table (again when a row has a column it does not know,
+// and after any error that suggests the table changed), and lets the
+// database convert values: each JSON value is taken as text (->>) and
+// cast to the column's base type, so the text form a source decoded
+// (pgoutput's) and ordinary JSON numbers, booleans and objects all work.
+// A value the column cannot hold exactly (too long, out of range, more
+// digits or precision than its typmod keeps) fails the statement with an
+// error naming the table, column and value; nothing is truncated or
+// rounded. Identity columns GENERATED ALWAYS take the given values.
 //
 // One Apply call costs at most one statement per distinct set of columns
 // among its upserts (usually one; rows the source inserted, see
@@ -53,8 +60,13 @@ const (
 // Only the last mutation of a key within one call counts; an upsert whose
 // row lacks some columns (PostgreSQL's unchanged TOAST values) updates only
 // the columns it has, so the target keeps the others. Mutation.Key holds the
-// primary-key values in the table's column order. Tables without a primary
-// key get plain INSERTs, and a delete there is an error naming the table.
+// key values in the table's column order. The key is the primary key, or
+// else the replica-identity index. An upsert whose Before has other key
+// values than its Data moves the row (an UPDATE of the old row, so the
+// columns Data lacks are kept). In a table with no key, rows marked
+// MetaInsert (and upserts with an empty Key) are inserted, and an update
+// or delete changes exactly one row equal to its Before in every column
+// Before has; without a Before it is an error naming the table.
 //
 // Target is also a logical.Orderer over the catalog's foreign keys. All
 // methods are safe for concurrent use.
@@ -63,7 +75,8 @@ type Target struct {
 
 	mu         sync.RWMutex
 	tables     map[logical.Table]*tableInfo
-	upsertOnly map[logical.Table]bool // a plain insert met an existing row
+	loading    map[logical.Table]*infoCall // catalog queries in progress
+	upsertOnly map[logical.Table]bool      // a plain insert met an existing row
 }
 
 var (
@@ -74,14 +87,30 @@ var (
 
 // NewTarget returns a Target writing through pool.
 func NewTarget(pool *pgxpool.Pool) *Target {
-	return &Target{pool: pool, tables: make(map[logical.Table]*tableInfo), upsertOnly: make(map[logical.Table]bool)}
+	return &Target{
+		pool:       pool,
+		tables:     make(map[logical.Table]*tableInfo),
+		loading:    make(map[logical.Table]*infoCall),
+		upsertOnly: make(map[logical.Table]bool),
+	}
 }
 
 // column is one writable column of a target table.
 type column struct {
 	name string
-	typ  string // format_type(), usable in a CAST
-	pk   bool
+	typ  string // format_type(): the declared type, for casts that must keep its typmod and for messages
+	// cast is the type the text of a value is cast to: the base type
+	// without a length, precision or scale (a domain's base type), so
+	// that the assignment to the column applies those and fails where a
+	// value does not fit, instead of an explicit cast that truncates.
+	cast string
+	// check is set for a typmod that assignment applies by rounding
+	// (numeric scale, time, timestamp and interval precision, interval
+	// fields): the value is compared with its cast to typ, see valueExpr.
+	check  bool
+	typmod bool // the declared type has a typmod (its own or its domain's)
+	always bool // GENERATED ALWAYS AS IDENTITY
+	pk     bool // part of the key: the primary key, or else the replica-identity index
 }
 
 // tableInfo is what the catalog says about one table.
@@ -91,6 +120,7 @@ type tableInfo struct {
 	cols   []column
 	byName map[string]int
 	pk     []int // indexes into cols, in column order
+	always bool  // some column is GENERATED ALWAYS AS IDENTITY
 }
 
 // execer runs the statements of Apply: at once (poolExec) or pipelined in
@@ -101,23 +131,47 @@ type execer interface {
 
 // stmt describes a statement for errors.
 type stmt struct {
-	what string // "upserting 3 rows into s.t"
+	what string     // "upserting 3 rows into s.t"
+	info *tableInfo // the table written, if any
 	// plainInsert is set for an INSERT without ON CONFLICT of rows the
 	// source inserted: if it fails on a unique violation, the Target
-	// upserts into the table from then on.
-	plainInsert *tableInfo
+	// upserts into the table from then on and runs upsert, the same
+	// statement with ON CONFLICT, instead.
+	plainInsert bool
+	upsert      string
+	diag        *diagnosis // for finding the value of a data error
 }
 
-// failed wraps err, the failure of statement st, and remembers a conflict
-// of a plain insert.
-func (t *Target) failed(st stmt, err error) error {
+// isUniqueViolation reports whether err is a unique violation (23505).
+func isUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError
-	if st.plainInsert != nil && errors.As(err, &pgErr) && pgErr.Code == "23505" {
-		t.mu.Lock()
-		t.upsertOnly[st.plainInsert.table] = true
-		t.mu.Unlock()
-		return errors.Wrapf(err, "pgstore: %s (rows the source inserted exist in the target already; "+
-			"upserting into %s from now on)", st.what, st.plainInsert.table)
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// conflicted reports whether st is a plain insert that err, a unique
+// violation, says to redo as an upsert; it makes the Target upsert into
+// the table from now on.
+func (t *Target) conflicted(st stmt, err error) bool {
+	if !st.plainInsert || !isUniqueViolation(err) {
+		return false
+	}
+	t.mu.Lock()
+	t.upsertOnly[st.info.table] = true
+	t.mu.Unlock()
+	return true
+}
+
+// failed wraps err, the failure of statement st. An error that suggests
+// the table changed drops its cached description; a data error is
+// explained by the column and value that caused it.
+func (t *Target) failed(st stmt, err error) error {
+	if st.info != nil && suggestsCatalogChange(err) {
+		t.forget(st.info.table)
+	}
+	if st.diag != nil && isDataError(err) {
+		if d := t.diagnose(st.diag); d != nil {
+			return errors.Wrap(d, "pgstore: "+st.what)
+		}
 	}
 	return errors.Wrap(err, "pgstore: "+st.what)
 }
@@ -126,7 +180,12 @@ func (t *Target) failed(st stmt, err error) error {
 type poolExec struct{ target *Target }
 
 func (p poolExec) exec(ctx context.Context, st stmt, sql string, args ...any) error {
-	if _, err := p.target.pool.Exec(ctx, sql, args...); err != nil {
+	_, err := p.target.pool.Exec(ctx, sql, args...)
+	if err != nil && p.target.conflicted(st, err) {
+		// A replayed insert: the row is there already.
+		_, err = p.target.pool.Exec(ctx, st.upsert, args...)
+	}
+	if err != nil {
 		return p.target.failed(st, err)
 	}
 	return nil
@@ -159,7 +218,11 @@ const pipelineBytes = 128 << 10
 // large one keeps the caller and the server busy at the same time. The
 // price: a statement's error comes back from a later Apply or from Commit
 // (wrapped with what the statement did); after one, every call returns it
-// and the transaction can only roll back.
+// and the transaction can only roll back. One exception: a plain insert
+// of rows the source inserted that meets existing rows (a replay after a
+// restart without a Progress table) makes the transaction start over at
+// once with upserts, from a log of its statements that is kept while it
+// is smaller than replayBytes.
 type targetTx struct {
 	target *Target
 	conn   *pgxpool.Conn // nil once the transaction ended
@@ -171,9 +234,25 @@ type targetTx struct {
 
 	inflight     pgx.BatchResults // the batch the server is running
 	inflightWhat []stmt
+	ctx          context.Context // of the last send, for a replay
+
+	log        []loggedStmt // every statement since BEGIN, unless logFull
+	logBytes   int
+	logFull    bool
+	committing bool // COMMIT is queued or sent
 
 	err error // the first failure
 }
+
+// loggedStmt is a statement of the transaction, kept for a replay.
+type loggedStmt struct {
+	st   stmt
+	sql  string
+	args []any
+}
+
+// replayBytes bounds the statements a transaction keeps for a replay.
+var replayBytes = 16 << 20 // a variable for tests
 
 // exec implements execer by queueing the statement.
 func (x *targetTx) exec(ctx context.Context, st stmt, sql string, args ...any) error {
@@ -184,29 +263,38 @@ func (x *targetTx) exec(ctx context.Context, st stmt, sql string, args ...any) e
 		return x.err
 	}
 	x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
-	x.queue(st, sql, args...)
+	size := x.queue(st, sql, args...)
+	if !x.logFull {
+		x.log = append(x.log, loggedStmt{st: st, sql: sql, args: args})
+		if x.logBytes += size; x.logBytes > replayBytes {
+			x.log, x.logFull = nil, true
+		}
+	}
 	if x.queuedBytes >= pipelineBytes {
 		return x.send(ctx)
 	}
 	return nil
 }
 
-// queue adds a statement to the next batch; BEGIN only once.
-func (x *targetTx) queue(what stmt, sql string, args ...any) {
+// queue adds a statement to the next batch; BEGIN only once. It returns
+// the statement's size.
+func (x *targetTx) queue(what stmt, sql string, args ...any) int {
 	if sql == "BEGIN" {
 		if x.begun {
-			return
+			return 0
 		}
 		x.begun = true
 	}
 	x.queued.Queue(sql, args...)
 	x.queuedWhat = append(x.queuedWhat, what)
-	x.queuedBytes += len(sql)
+	size := len(sql)
 	for _, a := range args {
 		if s, ok := a.(string); ok {
-			x.queuedBytes += len(s)
+			size += len(s)
 		}
 	}
+	x.queuedBytes += size
+	return size
 }
 
 // send waits for the batch in flight and sends the queued one.
@@ -220,6 +308,7 @@ func (x *targetTx) send(ctx context.Context) error {
 	batch := x.queued
 	x.inflightWhat = x.queuedWhat
 	x.queued, x.queuedWhat, x.queuedBytes = pgx.Batch{}, nil, 0
+	x.ctx = ctx
 	x.inflight = x.conn.SendBatch(ctx, &batch)
 	return nil
 }
@@ -235,6 +324,10 @@ func (x *targetTx) collect() error {
 	var err error
 	for _, what := range whats {
 		if _, e := br.Exec(); e != nil {
+			if x.target.conflicted(what, e) && !x.logFull {
+				_ = br.Close()
+				return x.replay()
+			}
 			err = x.target.failed(what, e)
 			break
 		}
@@ -246,6 +339,37 @@ func (x *targetTx) collect() error {
 		x.err = err
 	}
 	return x.err
+}
+
+// replay rolls the transaction back and runs it again from the log, with
+// every plain insert as an upsert, and with the COMMIT if it was sent.
+func (x *targetTx) replay() error {
+	ctx := x.ctx
+	if _, err := x.conn.Exec(ctx, "ROLLBACK"); err != nil {
+		x.err = errors.Wrap(err, "pgstore: rolling back the target transaction to replay it with upserts")
+		return x.err
+	}
+	var batch pgx.Batch
+	whats := []stmt{{what: "beginning the target transaction"}}
+	batch.Queue("BEGIN")
+	for i := range x.log {
+		l := &x.log[i]
+		if l.st.plainInsert {
+			l.sql, l.st.plainInsert = l.st.upsert, false
+			l.st.what = strings.Replace(l.st.what, "inserting", "upserting", 1)
+		}
+		batch.Queue(l.sql, l.args...)
+		whats = append(whats, l.st)
+	}
+	if x.committing {
+		batch.Queue("COMMIT")
+		whats = append(whats, stmt{what: "committing the target transaction"})
+	}
+	// The log has the statements not sent yet, too.
+	x.queued, x.queuedWhat, x.queuedBytes = pgx.Batch{}, nil, 0
+	x.begun = true
+	x.inflight, x.inflightWhat = x.conn.SendBatch(ctx, &batch), whats
+	return x.collect()
 }
 
 // Apply implements logical.TargetTx.
@@ -262,6 +386,7 @@ func (x *targetTx) Commit(ctx context.Context) error {
 	if x.err == nil {
 		x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
 		x.queue(stmt{what: "committing the target transaction"}, "COMMIT")
+		x.committing = true
 		if err := x.send(ctx); err == nil {
 			_ = x.collect()
 		}
@@ -293,6 +418,7 @@ func (x *targetTx) end(ctx context.Context) {
 	x.conn.Release()
 	x.conn = nil
 	x.queued, x.queuedWhat, x.queuedBytes = pgx.Batch{}, nil, 0
+	x.log = nil
 }
 
 // apply writes muts through q, splitting them at truncates.
@@ -309,12 +435,35 @@ func (t *Target) apply(ctx context.Context, q execer, table logical.Table, muts 
 		if err := t.applySegment(ctx, q, info, muts[start:i]); err != nil {
 			return err
 		}
-		if err := q.exec(ctx, stmt{what: "truncating " + table.String()}, "DELETE FROM "+info.ident); err != nil {
+		if err := t.truncate(ctx, q, info, muts[i].Meta); err != nil {
 			return err
 		}
 		start = i + 1
 	}
 	return t.applySegment(ctx, q, info, muts[start:])
+}
+
+// truncate empties a table. With the list of tables the source truncated
+// together (logical.MetaTruncateTables) it is one TRUNCATE of all of them,
+// which foreign keys among them allow, and RESTART IDENTITY if the
+// source's did (logical.MetaTruncateRestart); without it, a DELETE of
+// every row, in order with whatever else the transaction does.
+func (t *Target) truncate(ctx context.Context, q execer, info *tableInfo, meta map[string]any) error {
+	tables, _ := meta[logical.MetaTruncateTables].([]logical.Table)
+	if len(tables) == 0 {
+		return q.exec(ctx, stmt{what: "truncating " + info.table.String(), info: info}, "DELETE FROM "+info.ident)
+	}
+	names := make([]string, 0, len(tables))
+	var list []string
+	for _, tbl := range tables {
+		names = append(names, TableIdent(tbl))
+		list = append(list, tbl.String())
+	}
+	sql := "TRUNCATE " + strings.Join(names, ", ")
+	if restart, _ := meta[logical.MetaTruncateRestart].(bool); restart {
+		sql += " RESTART IDENTITY"
+	}
+	return q.exec(ctx, stmt{what: "truncating " + strings.Join(list, ", "), info: info}, sql)
 }
 
 // rowState is the net effect of a segment's mutations on one key.
@@ -342,7 +491,7 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 	if len(muts) == 0 {
 		return nil
 	}
-	err := t.applyRows(ctx, q, info, muts)
+	err := t.applyParts(ctx, q, info, muts)
 	var unknown unknownColumnError
 	if !errors.As(err, &unknown) {
 		return err
@@ -350,7 +499,7 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 	if info, err = t.info(ctx, info.table, true); err != nil {
 		return err
 	}
-	err = t.applyRows(ctx, q, info, muts)
+	err = t.applyParts(ctx, q, info, muts)
 	if errors.As(err, &unknown) {
 		return errors.Errorf("pgstore: table %s has no column %q", info.table, unknown.name)
 	}
@@ -698,21 +847,30 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	arrays := len(cols) <= maxArrayColumns && stringsOrNulls(rows, cols)
 	var names, values, sets []string
 	present := make(map[int]bool, len(cols))
+	overriding := false
 	for n, i := range cols {
 		c := info.cols[i]
 		present[i] = true
+		overriding = overriding || c.always
 		names = append(names, Ident(c.name))
 		if arrays {
-			values = append(values, "CAST(r.c"+strconv.Itoa(n)+" AS "+c.typ+")")
+			values = append(values, valueExpr(c, "r.c"+strconv.Itoa(n)))
 		} else {
-			values = append(values, "CAST(r.v->>"+strconv.Itoa(n)+" AS "+c.typ+")")
+			values = append(values, valueExpr(c, "(r.v->>"+strconv.Itoa(n)+")"))
 		}
-		if !c.pk {
+		// An identity column GENERATED ALWAYS can only be updated to
+		// DEFAULT; its value does not change after the insert.
+		if !c.pk && !c.always {
 			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
 		}
 	}
 	var sb strings.Builder
-	sb.WriteString("INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") SELECT ")
+	sb.WriteString("INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") ")
+	if overriding {
+		// The source's values of identity columns GENERATED ALWAYS.
+		sb.WriteString("OVERRIDING SYSTEM VALUE ")
+	}
+	sb.WriteString("SELECT ")
 	sb.WriteString(strings.Join(values, ", "))
 	if arrays {
 		sb.WriteString(" FROM unnest(")
@@ -733,6 +891,9 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	} else {
 		sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
 	}
+	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), info: info,
+		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
+	sql := sb.String()
 	if len(info.pk) > 0 {
 		var pk []string
 		for _, i := range info.pk {
@@ -741,19 +902,18 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			}
 			pk = append(pk, Ident(info.cols[i].name))
 		}
-		// A plain insert has no ON CONFLICT: the primary key rejects an
-		// existing row.
-		switch {
-		case plain:
-		case len(sets) == 0:
-			sb.WriteString(" ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING")
-		default:
-			sb.WriteString(" ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", "))
+		onConflict := " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", ")
+		if len(sets) == 0 {
+			onConflict = " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING"
 		}
-	}
-	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table)}
-	if plain {
-		what = stmt{what: fmt.Sprintf("inserting %d rows into %s", len(rows), info.table), plainInsert: info}
+		// A plain insert has no ON CONFLICT: the primary key rejects an
+		// existing row, and the upsert runs instead.
+		if plain {
+			what.what = fmt.Sprintf("inserting %d rows into %s", len(rows), info.table)
+			what.plainInsert, what.upsert = true, sql+onConflict
+		} else {
+			sql += onConflict
+		}
 	}
 	if arrays {
 		args := make([]any, len(cols))
@@ -764,7 +924,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			}
 			args[n] = lit
 		}
-		return q.exec(ctx, what, sb.String(), args...)
+		return q.exec(ctx, what, sql, args...)
 	}
 	// The values are JSON already (decodeRow checked them), so the array
 	// is put together without encoding/json.
@@ -795,7 +955,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		buf = append(buf, ']')
 	}
 	buf = append(buf, ']')
-	return q.exec(ctx, what, sb.String(), string(buf))
+	return q.exec(ctx, what, sql, string(buf))
 }
 
 // maxArrayColumns is the most columns an upsert passes as one text array
@@ -863,7 +1023,9 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	var conds []string
 	for n, i := range info.pk {
 		c := info.cols[i]
-		conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.typ+")")
+		// The base type: a cast to a shorter varchar(n) would truncate
+		// the key and match another row.
+		conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.cast+")")
 	}
 	sql := "DELETE FROM " + info.ident + " AS t USING jsonb_array_elements($1::jsonb) AS k(v) WHERE " +
 		strings.Join(conds, " AND ")
@@ -871,7 +1033,7 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	if err != nil {
 		return errors.Wrapf(err, "pgstore: table %s: encoding keys", info.table)
 	}
-	return q.exec(ctx, stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table)}, sql, string(buf))
+	return q.exec(ctx, stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}, sql, string(buf))
 }
 
 // quoteLiteral quotes s as an SQL string literal.
@@ -880,23 +1042,78 @@ func quoteLiteral(s string) string {
 }
 
 // info returns what the catalog says about table, from the cache unless
-// refresh is set.
+// refresh is set. Concurrent calls for one table (fan workers meeting a
+// new table) share one catalog query.
 func (t *Target) info(ctx context.Context, table logical.Table, refresh bool) (*tableInfo, error) {
-	if !refresh {
-		t.mu.RLock()
-		info := t.tables[table]
-		t.mu.RUnlock()
-		if info != nil {
-			return info, nil
+	t.mu.Lock()
+	if info := t.tables[table]; info != nil && !refresh {
+		t.mu.Unlock()
+		return info, nil
+	}
+	if c := t.loading[table]; c != nil {
+		t.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.info, c.err
+		case <-ctx.Done():
+			return nil, errors.Wrapf(ctx.Err(), "pgstore: reading the columns of %s", table)
 		}
 	}
+	c := &infoCall{done: make(chan struct{})}
+	t.loading[table] = c
+	t.mu.Unlock()
+
+	c.info, c.err = t.readInfo(ctx, table)
+	t.mu.Lock()
+	delete(t.loading, table)
+	if c.err == nil {
+		t.tables[table] = c.info
+	}
+	t.mu.Unlock()
+	close(c.done)
+	return c.info, c.err
+}
+
+// infoCall is a catalog query in progress; info and err are set before
+// done closes.
+type infoCall struct {
+	done chan struct{}
+	info *tableInfo
+	err  error
+}
+
+// forget drops the cached description of table, so that the next write
+// reads the catalog again.
+func (t *Target) forget(table logical.Table) {
+	t.mu.Lock()
+	delete(t.tables, table)
+	t.mu.Unlock()
+}
+
+// readInfo queries the catalog for table. The key is the primary key, or
+// for a table without one its replica-identity index (REPLICA IDENTITY
+// USING INDEX, which pg_dump keeps); a table with neither has no key.
+func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo, error) {
 	rows, err := t.pool.Query(ctx, `
 		SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-		       coalesce(a.attnum = ANY (i.indkey), false)
+		       quote_ident(bn.nspname) || '.' || quote_ident(bt.typname),
+		       a.atttypmod >= 0 OR (ty.typtype = 'd' AND ty.typtypmod >= 0),
+		       (a.atttypmod >= 0 OR (ty.typtype = 'd' AND ty.typtypmod >= 0))
+		         AND coalesce(et.typname, bt.typname) IN ('numeric', 'time', 'timetz', 'timestamp', 'timestamptz', 'interval')
+		         AND coalesce(et.typnamespace, bt.typnamespace) = 'pg_catalog'::regnamespace,
+		       a.attidentity = 'a',
+		       coalesce(a.attnum = ANY (k.indkey), false)
 		  FROM pg_catalog.pg_attribute a
 		  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 		  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		  LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
+		  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+		  JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+		  JOIN pg_catalog.pg_namespace bn ON bn.oid = bt.typnamespace
+		  LEFT JOIN pg_catalog.pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+		  LEFT JOIN LATERAL (
+		        SELECT i.indkey FROM pg_catalog.pg_index i
+		         WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)
+		         ORDER BY i.indisprimary DESC LIMIT 1) k ON true
 		 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 		   AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		 ORDER BY a.attnum`, table.Schema, table.Name)
@@ -906,7 +1123,7 @@ func (t *Target) info(ctx context.Context, table logical.Table, refresh bool) (*
 	info := &tableInfo{table: table, ident: TableIdent(table), byName: make(map[string]int)}
 	for rows.Next() {
 		var c column
-		if err := rows.Scan(&c.name, &c.typ, &c.pk); err != nil {
+		if err := rows.Scan(&c.name, &c.typ, &c.cast, &c.typmod, &c.check, &c.always, &c.pk); err != nil {
 			rows.Close()
 			return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", table)
 		}
@@ -914,6 +1131,7 @@ func (t *Target) info(ctx context.Context, table logical.Table, refresh bool) (*
 		if c.pk {
 			info.pk = append(info.pk, len(info.cols))
 		}
+		info.always = info.always || c.always
 		info.cols = append(info.cols, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -922,9 +1140,6 @@ func (t *Target) info(ctx context.Context, table logical.Table, refresh bool) (*
 	if len(info.cols) == 0 {
 		return nil, errors.Errorf("pgstore: target table %s does not exist", table)
 	}
-	t.mu.Lock()
-	t.tables[table] = info
-	t.mu.Unlock()
 	return info, nil
 }
 

@@ -4,8 +4,9 @@
 //	pgreplicate --sourceConn postgres://.../src --targetConn postgres://.../dst \
 //	    --publicationName pub --slotName slot --createSlot
 //
-// The target tables must exist with the same names (in --targetSchema) and
-// compatible columns. The consistent point, the target's progress and the
+// The target tables must exist with the same names and compatible columns,
+// in the schema of the same name as the source's (or as --schemaMap or
+// --targetSchema say). The consistent point, the target's progress and the
 // optional lease live in --stagingSchema of the target database. SIGINT or
 // SIGTERM stops gracefully; the next start resumes where it stopped.
 package main
@@ -86,6 +87,7 @@ type options struct {
 	applyTimeout, lease         time.Duration
 	metricsAddr, logLevel       string
 	cpuProfile                  string
+	schemaMap                   string
 }
 
 // usageError is a problem with the command line (exit status 2).
@@ -103,7 +105,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.publication, "publicationName", "", "publication(s) to replicate, comma-separated (required)")
 	fs.StringVar(&o.slot, "slotName", "", "logical replication slot (required)")
 	fs.BoolVar(&o.createSlot, "createSlot", false, "create the slot if it does not exist")
-	fs.StringVar(&o.targetSchema, "targetSchema", "public", "schema of the target tables")
+	fs.StringVar(&o.targetSchema, "targetSchema", "", "schema of all target tables (default: each table's source schema)")
+	fs.StringVar(&o.schemaMap, "schemaMap", "", "target schemas of source schemas: src=dst,... (others: --targetSchema, or the same name)")
 	fs.StringVar(&o.stagingSchema, "stagingSchema", pgstore.DefaultStagingSchema, "target schema for the memo, progress and lease tables")
 	fs.StringVar(&o.loopName, "loopName", "", "name of the loop, the key of its consistent point (default: the slot name)")
 	fs.BoolVar(&o.immediate, "immediate", false, "apply without target transactions, in parallel (at-least-once)")
@@ -137,8 +140,6 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{"--publicationName is required"}
 	case o.slot == "":
 		return nil, usageError{"--slotName is required"}
-	case o.targetSchema == "":
-		return nil, usageError{"--targetSchema must not be empty"}
 	case o.stagingSchema == "":
 		return nil, usageError{"--stagingSchema must not be empty"}
 	case o.immediate && o.foreignKeys:
@@ -157,6 +158,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 	if _, err := pgconn.ParseConfig(o.targetConn); err != nil {
 		return nil, usageError{"--targetConn cannot be parsed"}
+	}
+	if _, err := parseSchemaMap(o.schemaMap); err != nil {
+		return nil, usageError{err.Error()}
 	}
 	if _, err := logrus.ParseLevel(o.logLevel); err != nil {
 		return nil, usageError{fmt.Sprintf("--logLevel: unknown level %q", o.logLevel)}
@@ -229,6 +233,12 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	if err := checkSource(setupCtx, o, pool); err != nil {
 		return err
 	}
+	target := pgstore.NewTarget(pool)
+	schemaMap, _ := parseSchemaMap(o.schemaMap)
+	loopSchema, err := planSchemas(setupCtx, o, schemaMap, target)
+	if err != nil {
+		return err
+	}
 	if o.createSlot {
 		created, err := pglogical.CreateSlot(setupCtx, o.sourceConn, o.slot)
 		if err != nil {
@@ -249,7 +259,7 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		Publications:   strings.Split(o.publication, ","),
 		StandbyTimeout: o.standbyTimeout,
 		SourceTimeout:  o.sourceTimeout,
-		RejectTruncate: o.foreignKeys,
+		SchemaMap:      schemaMap,
 	}
 	if o.sourceTimeout == 0 {
 		dcfg.SourceTimeout = -1 // the flag's 0 turns the check off
@@ -294,7 +304,7 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		RetryDelay:     o.retryDelay,
 		StandbyTimeout: o.standbyTimeout,
 		Memo:           memo,
-		Target:         pgstore.NewTarget(pool),
+		Target:         target,
 		Logger:         log,
 		Observer:       observer,
 	})
@@ -304,7 +314,7 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	loop, err := factory.Start(&logical.LoopConfig{
 		Dialect:      dialect,
 		LoopName:     o.loopName,
-		TargetSchema: o.targetSchema,
+		TargetSchema: loopSchema,
 	})
 	if err != nil {
 		factory.Stop(0)
