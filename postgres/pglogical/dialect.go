@@ -86,6 +86,10 @@ type Config struct {
 	// order. Otherwise a truncate becomes a mutation with
 	// Meta[logical.MetaTruncate] = true, applied between two flushes.
 	RejectTruncate bool
+	// Snapshot, if set, makes Process copy the existing rows of the
+	// published tables (and of tables that join later) and follow added
+	// columns; see SnapshotConfig.
+	Snapshot *SnapshotConfig
 }
 
 // Dialect is a logical.Dialect over a pgoutput replication slot. Create it
@@ -134,6 +138,10 @@ func New(cfg Config) (*Dialect, error) {
 		cfg.FlushBytes = DefaultFlushBytes
 	}
 	cfg.Publications = append([]string(nil), cfg.Publications...)
+	var err error
+	if cfg.Snapshot, err = cfg.Snapshot.checked(cfg.Slot); err != nil {
+		return nil, err
+	}
 	return &Dialect{cfg: cfg}, nil
 }
 

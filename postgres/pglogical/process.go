@@ -25,6 +25,8 @@ import (
 // source still lets the slot advance.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	p := &processor{d: d, events: events, rels: make(map[uint32]*relation)}
+	p.snap = d.newSnapGate() // snapshot.go
+	defer p.snap.close()
 	cp, _ := events.GetConsistentPoint()
 	p.persisted = stampPos(cp)
 	p.committed = p.persisted
@@ -89,6 +91,7 @@ type processor struct {
 	d      *Dialect
 	events logical.Events
 	rels   map[uint32]*relation
+	snap   *snapGate // Config.Snapshot's copies, nil without
 
 	inTx     bool // between Begin and Commit
 	skipping bool // the open transaction was applied already
@@ -112,6 +115,11 @@ type processor struct {
 func (p *processor) handle(ctx context.Context, m logical.Message) error {
 	if logical.IsRollback(m) {
 		return p.rollback(ctx)
+	}
+	if p.snap != nil { // snapshot.go
+		if drop, err := p.snapshotGate(ctx, m); err != nil || drop {
+			return err
+		}
 	}
 	switch m := m.(type) {
 	case keepalive:

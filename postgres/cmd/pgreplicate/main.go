@@ -86,6 +86,7 @@ type options struct {
 	applyTimeout, lease         time.Duration
 	metricsAddr, logLevel       string
 	cpuProfile                  string
+	snap                        snapshotOptions // snapshot.go
 }
 
 // usageError is a problem with the command line (exit status 2).
@@ -116,6 +117,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metricsAddr", "", "serve Prometheus metrics on this address, e.g. :9090")
 	fs.StringVar(&o.logLevel, "logLevel", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until pgreplicate exits")
+	snapshotFlags(fs, &o.snap)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -148,6 +150,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{"durations must not be negative"}
 	case o.lease != 0 && o.lease < time.Second:
 		return nil, usageError{fmt.Sprintf("--lease must be 0 or at least 1s, got %s", o.lease)}
+	}
+	if err := o.snap.check(); err != nil {
+		return nil, err
 	}
 	if _, err := pgconn.ParseConfig(o.sourceConn); err != nil {
 		return nil, usageError{"--sourceConn cannot be parsed"}
@@ -243,6 +248,9 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		Publications:   strings.Split(o.publication, ","),
 		StandbyTimeout: o.standbyTimeout,
 		RejectTruncate: o.foreignKeys,
+	}
+	if dcfg.Snapshot, err = snapshotConfig(setupCtx, o, pool, log); err != nil {
+		return err
 	}
 	// The target's own record of progress is only in step with the data
 	// when each source transaction is one target transaction and no
