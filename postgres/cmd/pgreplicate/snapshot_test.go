@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -255,4 +256,112 @@ func TestSnapshotKills(t *testing.T) {
 	twice, chunks := copiedTwice(t, r)
 	t.Logf("writer: %v; target: %s; %d rows in %d chunks copied more than once (of %d rows)", w.ops, got, twice, chunks, n)
 	assert.Equal(t, 0, p.terminate(t))
+}
+
+// TestSnapshotSchema joins a table with rows to the publication, adds
+// columns (with and without a default) and drops one while pgreplicate
+// streams: the new table is copied and streamed, the columns reach the
+// target, the dropped column stops replication with an error that says
+// what to do, and once the target matches everything converges, all
+// without a restart.
+func TestSnapshotSchema(t *testing.T) {
+	r := newReplication(t, `CREATE TABLE kv (k INT PRIMARY KEY, v TEXT)`)
+	r.src.Exec(t, `CREATE TABLE t2 (id INT PRIMARY KEY, v TEXT NOT NULL, u INT UNIQUE)`,
+		`CREATE PUBLICATION pub2 FOR TABLE kv`,
+		`INSERT INTO kv SELECT i, md5(i::text) FROM generate_series(1, 1000) i`)
+	r.pub = "pub2"
+	log := &logBuffer{}
+	dumpOnFailure(t, "pgreplicate", log)
+	ctx, cancel := context.WithCancel(context.Background())
+	status := make(chan int, 1)
+	go func() { status <- run(ctx, snapshotArgs(r, "--createTables"), log) }()
+	t.Cleanup(func() {
+		cancel()
+		<-status
+	})
+
+	// Changes to both tables all along.
+	stopWriting := make(chan struct{})
+	written := make(chan error, 1)
+	var txs atomic.Int64
+	go func() {
+		rng := rand.New(rand.NewPCG(3, 4))
+		tick := time.NewTicker(3 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stopWriting:
+				written <- nil
+				return
+			case <-tick.C:
+			}
+			var err error
+			k := 1 + rng.IntN(3000)
+			switch i % 4 {
+			case 0:
+				_, err = r.src.Pool.Exec(ctx, `INSERT INTO kv (k, v) VALUES ($1, 'w') ON CONFLICT (k) DO UPDATE SET v = excluded.v || kv.v`, k)
+			case 1:
+				_, err = r.src.Pool.Exec(ctx, `DELETE FROM kv WHERE k = $1`, k)
+			case 2:
+				_, err = r.src.Pool.Exec(ctx, `INSERT INTO t2 VALUES ($1, 'w', NULL) ON CONFLICT (id) DO UPDATE SET v = t2.v || 'x'`, 20000+k)
+			default:
+				_, err = r.src.Pool.Exec(ctx, `DELETE FROM t2 WHERE id = $1`, 1+rng.IntN(20000))
+			}
+			if err != nil {
+				written <- err
+				return
+			}
+			txs.Add(1)
+		}
+	}()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			close(stopWriting)
+			require.NoError(t, <-written, "writer")
+		}
+	}
+	t.Cleanup(stop)
+	more := func(n int64) {
+		base := txs.Load()
+		pgtest.Eventually(t, time.Minute, "more changes", func() bool { return txs.Load() > base+n })
+	}
+
+	const kvSummary = `SELECT count(*) || ' ' || md5(coalesce(string_agg(kv::text, ',' ORDER BY k), '')) FROM kv`
+	const t2Summary = `SELECT count(*) || ' ' || md5(coalesce(string_agg(t2::text, ',' ORDER BY id), '')) FROM t2`
+	pgtest.Eventually(t, time.Minute, "the snapshot of kv", func() bool {
+		done, all := chunksDone(t, r)
+		return all > 0 && done == all
+	})
+
+	// A table with rows joins the publication; the target creates it.
+	r.src.Exec(t, `INSERT INTO t2 SELECT i, md5(i::text), i FROM generate_series(1, 20000) i`,
+		`ALTER PUBLICATION pub2 ADD TABLE t2`)
+	more(200)
+
+	// Columns added at the source: without and with a default.
+	r.src.Exec(t, `ALTER TABLE kv ADD COLUMN c1 INT`)
+	more(100)
+	r.src.Exec(t, `UPDATE kv SET c1 = k WHERE k % 7 = 0`)
+	r.src.Exec(t, `ALTER TABLE kv ADD COLUMN c2 TEXT NOT NULL DEFAULT 'dflt'`)
+	more(200)
+	stop()
+	got := waitEqual(t, r, 2*time.Minute, kvSummary)
+	t.Logf("kv: %s", got)
+	got = waitEqual(t, r, 2*time.Minute, t2Summary)
+	t.Logf("t2: %s", got)
+
+	// A dropped column stops replication with an error that says what to
+	// do, until the target matches.
+	r.src.Exec(t, `ALTER TABLE kv DROP COLUMN c1`, `UPDATE kv SET v = 'after drop' WHERE k < 10`)
+	pgtest.Eventually(t, time.Minute, "the error about the dropped column", func() bool {
+		return strings.Contains(log.String(), `the source no longer sends column \"c1\" of public.kv`)
+	})
+	r.dst.Exec(t, `ALTER TABLE kv DROP COLUMN c1`)
+	got = waitEqual(t, r, 2*time.Minute, kvSummary)
+	t.Logf("kv after the drop: %s", got)
+	cancel()
+	assert.Equal(t, 0, <-status)
+	status <- 0
 }
