@@ -191,8 +191,11 @@ func copiedTwice(t *testing.T, r *replication) (int64, int) {
 	return rows, chunks
 }
 
-func snapshotArgs(r *replication, extra ...string) []string {
-	return r.args(append([]string{"--snapshot", "--snapshotChunkRows", "5000", "--snapshotWorkers", "4",
+// snapshotArgs returns the flags of a snapshot of rows rows in about 20
+// chunks.
+func snapshotArgs(r *replication, rows int, extra ...string) []string {
+	chunk := strconv.Itoa(max(rows/20, 50))
+	return r.args(append([]string{"--snapshot", "--snapshotChunkRows", chunk, "--snapshotWorkers", "4",
 		"--snapshotPoll", "500ms", "--logLevel", "info"}, extra...)...)
 }
 
@@ -204,7 +207,7 @@ func TestSnapshot(t *testing.T) {
 	r := fillBig(t, n)
 	w := startWriter(t, r, n)
 	start := time.Now()
-	stop := inProcess(t, snapshotArgs(r))
+	stop := inProcess(t, snapshotArgs(r, n))
 	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
 		done, all := chunksDone(t, r)
 		return all > 0 && done == all
@@ -233,7 +236,7 @@ func TestSnapshotKills(t *testing.T) {
 	var mu sync.Mutex
 	for i := range kills {
 		before, _ := chunksDone(t, r)
-		p := startProcess(t, "pgreplicate", snapshotArgs(r))
+		p := startProcess(t, "pgreplicate", snapshotArgs(r, n))
 		pgtest.Eventually(t, 3*time.Minute, "a chunk before a kill", func() bool {
 			done, _ := chunksDone(t, r)
 			return done > before
@@ -244,7 +247,7 @@ func TestSnapshotKills(t *testing.T) {
 		t.Logf("kill %d: %d of %d chunks done", i+1, done, all)
 		mu.Unlock()
 	}
-	p := startProcess(t, "pgreplicate", snapshotArgs(r))
+	p := startProcess(t, "pgreplicate", snapshotArgs(r, n))
 	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
 		done, all := chunksDone(t, r)
 		return all > 0 && done == all
@@ -274,7 +277,7 @@ func TestSnapshotSchema(t *testing.T) {
 	dumpOnFailure(t, "pgreplicate", log)
 	ctx, cancel := context.WithCancel(context.Background())
 	status := make(chan int, 1)
-	go func() { status <- run(ctx, snapshotArgs(r, "--createTables"), log) }()
+	go func() { status <- run(ctx, snapshotArgs(r, 1000, "--createTables"), log) }()
 	t.Cleanup(func() {
 		cancel()
 		<-status
@@ -364,4 +367,24 @@ func TestSnapshotSchema(t *testing.T) {
 	cancel()
 	assert.Equal(t, 0, <-status)
 	status <- 0
+}
+
+func TestSnapshotFlags(t *testing.T) {
+	base := []string{"--sourceConn", "postgres://h/a", "--targetConn", "postgres://h/b", "--publicationName", "p", "--slotName", "s"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no workers", []string{"--snapshot", "--snapshotWorkers", "0"}, "--snapshotWorkers must be at least 1, got 0"},
+		{"no chunk rows", []string{"--snapshot", "--snapshotChunkRows", "-1"}, "--snapshotChunkRows must be at least 1, got -1"},
+		{"no poll", []string{"--snapshot", "--snapshotPoll", "0s"}, "--snapshotPoll must be positive, got 0s"},
+		{"create tables without snapshot", []string{"--createTables"}, "--createTables needs --snapshot"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out logBuffer
+			assert.Equal(t, 2, run(context.Background(), append(append([]string(nil), base...), tc.args...), &out))
+			assert.Contains(t, out.String(), tc.want)
+		})
+	}
 }
