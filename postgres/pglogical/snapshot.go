@@ -90,9 +90,10 @@ type SnapshotStore interface {
 	SetSpec(ctx context.Context, key, table string, n int, spec json.RawMessage) error
 	// Start counts an attempt to copy chunk n of table, at once.
 	Start(ctx context.Context, key, table string, n int) error
-	// Copy deletes the rows of target that match where and writes the
-	// rows read from rows (COPY text format, columns), and marks chunk n
-	// done, all in one transaction; it returns how many rows it wrote.
+	// Copy deletes the rows of target that match where (unless where is
+	// empty) and writes the rows read from rows (COPY text format,
+	// columns), and marks chunk n done, all in one transaction; it
+	// returns how many rows it wrote.
 	Copy(ctx context.Context, key, table string, n int, target logical.Table, where string, columns []string, rows io.Reader) (int64, error)
 	// Columns returns the target table's column types by name, and
 	// false if it does not exist.
@@ -101,6 +102,8 @@ type SnapshotStore interface {
 	AddColumn(ctx context.Context, table logical.Table, name, typ string) error
 	// CreateTable creates a target table.
 	CreateTable(ctx context.Context, table logical.Table, names, types, key []string) error
+	// AddPrimaryKey adds a primary key to a target table.
+	AddPrimaryKey(ctx context.Context, table logical.Table, key []string) error
 }
 
 // SnapshotRecord is one record of a plan: chunk N >= 0 of a table, or
@@ -189,6 +192,10 @@ func (s chunkSpec) where() string {
 type tableSpec struct {
 	Columns []srcColumn `json:"columns"`
 	Synced  bool        `json:"synced"`
+	// DeferredKey is the primary key of a target table the copy created
+	// without one, to be added once the rows are in (one index build is
+	// cheaper than inserting every row into the index).
+	DeferredKey []string `json:"deferredKey,omitempty"`
 }
 
 // srcColumn is a source column.
@@ -207,6 +214,7 @@ type snapTable struct {
 	chunks      []*snapChunk
 	round       *snapRound // the round that copies it
 	again       bool       // copy it again after that round
+	created     bool       // this round created the target table: no old rows to delete
 }
 
 // snapChunk is one chunk of a table.
@@ -373,7 +381,32 @@ func (g *snapGate) load(ctx context.Context, p *processor) error {
 		t.chunks = append(t.chunks, c)
 	}
 	g.loaded = true
+	// A copy that created tables without their keys crashed: the keys
+	// must be there before the stream applies changes to the chunks done.
+	for _, t := range g.tables {
+		if err := g.addDeferredKey(ctx, p, t); err != nil {
+			return err
+		}
+	}
 	return g.poll(ctx, p)
+}
+
+// addDeferredKey adds the primary key that the copy of t put off, if any.
+func (g *snapGate) addDeferredKey(ctx context.Context, p *processor, t *snapTable) error {
+	if len(t.spec.DeferredKey) == 0 {
+		return nil
+	}
+	target := g.target(p, t)
+	if _, ok, err := g.cfg.Store.Columns(ctx, target); err != nil || !ok {
+		return err // not created yet: the next copy creates it
+	}
+	start := time.Now()
+	if err := g.cfg.Store.AddPrimaryKey(ctx, target, t.spec.DeferredKey); err != nil {
+		return err
+	}
+	g.log.WithFields(logrus.Fields{"table": target.String(), "took": time.Since(start).Round(time.Millisecond)}).Info("primary key added")
+	t.spec.DeferredKey = nil
+	return g.saveSpec(ctx, t)
 }
 
 // table returns the entry of a source table, making it.
@@ -564,7 +597,10 @@ func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
 	g.round = nil
 	var again []*snapTable
 	for _, t := range r.tables {
-		t.round = nil
+		t.round, t.created = nil, false
+		if err := g.addDeferredKey(ctx, p, t); err != nil {
+			return err
+		}
 		t.spec.Synced = true
 		if err := g.saveSpec(ctx, t); err != nil {
 			return err
@@ -729,6 +765,9 @@ func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, 
 	where := c.spec.where()
 	sql := `COPY (SELECT ` + strings.Join(quoted, ", ") + ` FROM ` + quoteIdent(t.schema) + "." + quoteIdent(t.rel) +
 		` WHERE ` + where + `) TO STDOUT`
+	if t.created {
+		where = "" // nothing to replace, and no index to find it
+	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
@@ -796,7 +835,17 @@ func (g *snapGate) prepareTarget(ctx context.Context, p *processor, conn *pgx.Co
 			key = t.chunks[0].spec.Key
 		}
 		g.log.WithFields(logrus.Fields{"table": target.String()}).Info("creating target table")
-		return g.cfg.Store.CreateTable(ctx, target, names, types, key)
+		// The key comes after the rows; recorded first, so that a crash
+		// in between cannot leave a table without it.
+		t.spec.DeferredKey = key
+		if err := g.saveSpec(ctx, t); err != nil {
+			return err
+		}
+		if err := g.cfg.Store.CreateTable(ctx, target, names, types, nil); err != nil {
+			return err
+		}
+		t.created = true
+		return nil
 	}
 	for _, c := range cols {
 		if _, ok := have[c.Name]; !ok {

@@ -47,6 +47,7 @@ func (nopStore) Copy(context.Context, string, string, int, logical.Table, string
 func (nopStore) Columns(context.Context, logical.Table) (map[string]string, bool, error) {
 	return nil, false, nil
 }
+func (nopStore) AddPrimaryKey(context.Context, logical.Table, []string) error   { return nil }
 func (nopStore) AddColumn(context.Context, logical.Table, string, string) error { return nil }
 func (nopStore) CreateTable(context.Context, logical.Table, []string, []string, []string) error {
 	return nil

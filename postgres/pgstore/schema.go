@@ -65,6 +65,25 @@ func (s *Snapshots) CreateTable(ctx context.Context, table logical.Table, names,
 	return s.ddl(ctx, table, `CREATE TABLE IF NOT EXISTS `+TableIdent(table)+` (`+strings.Join(defs, ", ")+`)`)
 }
 
+// AddPrimaryKey adds a primary key on the columns key to a target table
+// unless it has one.
+func (s *Snapshots) AddPrimaryKey(ctx context.Context, table logical.Table, key []string) error {
+	var has bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+		JOIN pg_catalog.pg_class c ON c.oid = i.indrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary)`, table.Schema, table.Name).Scan(&has); err != nil {
+		return errors.Wrapf(err, "pgstore: reading the primary key of %s", table)
+	}
+	if has {
+		return nil
+	}
+	quoted := make([]string, len(key))
+	for i, k := range key {
+		quoted[i] = Ident(k)
+	}
+	return s.ddl(ctx, table, `ALTER TABLE `+TableIdent(table)+` ADD PRIMARY KEY (`+strings.Join(quoted, ", ")+`)`)
+}
+
 // ddl runs one schema change of table with a lock timeout, so that a
 // target transaction holding the table cannot block it for long.
 func (s *Snapshots) ddl(ctx context.Context, table logical.Table, sql string) error {

@@ -114,8 +114,8 @@ func (s *Snapshots) Start(ctx context.Context, loop, table string, n int) error 
 	return errors.Wrapf(err, "pgstore: starting chunk %d of %s", n, table)
 }
 
-// Copy replaces the rows of target that match where (an SQL condition)
-// with the rows read from rows (COPY text format, the given columns) and
+// Copy replaces the rows of target that match where (an SQL condition;
+// empty: none) with the rows read from rows (COPY text format, the given columns) and
 // marks the chunk done, in one transaction. It returns the number of rows
 // copied.
 func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target logical.Table, where string,
@@ -127,8 +127,10 @@ func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target 
 	defer conn.Release()
 	var copied int64
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM `+TableIdent(target)+` WHERE `+where); err != nil {
-			return errors.Wrapf(err, "deleting the old rows of %s", target)
+		if where != "" {
+			if _, err := tx.Exec(ctx, `DELETE FROM `+TableIdent(target)+` WHERE `+where); err != nil {
+				return errors.Wrapf(err, "deleting the old rows of %s", target)
+			}
 		}
 		quoted := make([]string, len(columns))
 		for i, c := range columns {

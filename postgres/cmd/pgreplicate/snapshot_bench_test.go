@@ -113,6 +113,11 @@ func TestSnapshotVsNative(t *testing.T) {
 			took := time.Since(start)
 			require.Equal(t, want, query(t, dst, pgbenchSummary))
 			require.Equal(t, 0, p.terminate(t))
+			for _, line := range strings.Split(p.log.String(), "\n") {
+				if strings.Contains(line, "snapshot") || strings.Contains(line, "started") {
+					t.Log(line)
+				}
+			}
 			results[name] = append(results[name], measure{took: took, rss: maxRSS(p.cmd)})
 			t.Logf("run %d: %s %s", run+1, name, took.Round(10*time.Millisecond))
 		}

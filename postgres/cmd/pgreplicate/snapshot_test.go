@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -228,26 +227,34 @@ func TestSnapshot(t *testing.T) {
 // snapshot, each time after some more chunks are done; the target must
 // still end equal to the source. It reports how many rows were copied
 // more than once.
-func TestSnapshotKills(t *testing.T) {
+func TestSnapshotKills(t *testing.T) { snapshotKills(t, 10, false) }
+
+// TestSnapshotKillsCreate is TestSnapshotKills with a target table that
+// pgreplicate creates (--createTables), whose primary key it adds after
+// the rows: a kill must not leave it without one.
+func TestSnapshotKillsCreate(t *testing.T) { snapshotKills(t, 3, true) }
+
+func snapshotKills(t *testing.T, kills int, create bool) {
 	n := snapshotRows(t)
 	r := fillBig(t, n)
+	var extra []string
+	if create {
+		r.dst.Exec(t, `DROP TABLE big`)
+		extra = append(extra, "--createTables")
+	}
 	w := startWriter(t, r, n)
-	const kills = 10
-	var mu sync.Mutex
 	for i := range kills {
 		before, _ := chunksDone(t, r)
-		p := startProcess(t, "pgreplicate", snapshotArgs(r, n))
+		p := startProcess(t, "pgreplicate", snapshotArgs(r, n, extra...))
 		pgtest.Eventually(t, 3*time.Minute, "a chunk before a kill", func() bool {
 			done, _ := chunksDone(t, r)
 			return done > before
 		})
 		p.kill(t)
-		mu.Lock()
 		done, all := chunksDone(t, r)
 		t.Logf("kill %d: %d of %d chunks done", i+1, done, all)
-		mu.Unlock()
 	}
-	p := startProcess(t, "pgreplicate", snapshotArgs(r, n))
+	p := startProcess(t, "pgreplicate", snapshotArgs(r, n, extra...))
 	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
 		done, all := chunksDone(t, r)
 		return all > 0 && done == all
@@ -258,6 +265,8 @@ func TestSnapshotKills(t *testing.T) {
 	got := waitEqual(t, r, 3*time.Minute, bigSummary)
 	twice, chunks := copiedTwice(t, r)
 	t.Logf("writer: %v; target: %s; %d rows in %d chunks copied more than once (of %d rows)", w.ops, got, twice, chunks, n)
+	assert.Equal(t, "1", query(t, r.dst, `SELECT count(*)::text FROM pg_index WHERE indrelid = 'big'::regclass AND indisprimary`),
+		"the target table has its primary key")
 	assert.Equal(t, 0, p.terminate(t))
 }
 
