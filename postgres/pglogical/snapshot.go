@@ -1,6 +1,7 @@
 package pglogical
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -753,6 +754,9 @@ func (g *snapGate) snapshotConn(ctx context.Context, r *snapRound) (*pgx.Conn, e
 	return conn, nil
 }
 
+// copyBuffer is how many bytes of COPY data go to the target at once.
+const copyBuffer = 256 << 10
+
 // copyChunk copies one chunk from the snapshot of conn into the target.
 func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, t *snapTable, c *snapChunk, cols []string) (int64, error) {
 	if err := g.cfg.Store.Start(ctx, g.cfg.Key, t.name, c.n); err != nil {
@@ -771,7 +775,13 @@ func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, 
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := conn.PgConn().CopyTo(ctx, pw, sql)
+		// The server sends a message per row: hand them over in large
+		// pieces, or the target would get a message (and a write) per row.
+		bw := bufio.NewWriterSize(pw, copyBuffer)
+		_, err := conn.PgConn().CopyTo(ctx, bw, sql)
+		if err == nil {
+			err = bw.Flush()
+		}
 		pw.CloseWithError(err)
 		done <- err
 	}()
