@@ -5,7 +5,8 @@
 //	    --publicationName pub --slotName slot --createSlot
 //
 // The target tables must exist with the same names (in --targetSchema) and
-// compatible columns. The consistent point, the target's progress and the
+// compatible columns, unless --snapshot --createTables creates them;
+// --snapshot also copies the rows the tables already have (snapshot.go). The consistent point, the target's progress and the
 // optional lease live in --stagingSchema of the target database. SIGINT or
 // SIGTERM stops gracefully; the next start resumes where it stopped.
 package main
