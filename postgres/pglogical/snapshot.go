@@ -57,6 +57,15 @@ const (
 // done chunks (and everything else copied) from Z up to Z', and only the
 // chunks not done are copied, at Z'. Only chunks in flight at the crash
 // are copied again.
+//
+// # Limits
+//
+// Chunks are copied in parallel without regard to foreign keys between
+// the target tables, so a target with foreign keys among copied tables
+// needs them added after the copy. Key ranges are compared in each
+// database's collation: text keys need the same collation at both ends.
+// Opening a round waits, as any slot creation does, for the source
+// transactions running at that moment to end.
 type SnapshotConfig struct {
 	// Store keeps the plan and writes the rows; pgstore.Snapshots
 	// (through an adapter) is one. Required.

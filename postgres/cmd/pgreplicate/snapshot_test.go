@@ -202,25 +202,35 @@ func snapshotArgs(r *replication, rows int, extra ...string) []string {
 // updates, deletes, delete and re-insert of a key, swaps of a UNIQUE
 // value) and then streams: the target must end equal to the source.
 func TestSnapshot(t *testing.T) {
-	n := snapshotRows(t)
-	r := fillBig(t, n)
-	w := startWriter(t, r, n)
-	start := time.Now()
-	stop := inProcess(t, snapshotArgs(r, n))
-	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
-		done, all := chunksDone(t, r)
-		return all > 0 && done == all
-	})
-	t.Logf("%d rows copied in %s", n, time.Since(start).Round(time.Millisecond))
-	// Stream for a while after the copy.
-	base := w.txs.Load()
-	pgtest.Eventually(t, time.Minute, "more changes", func() bool { return w.txs.Load() > base+300 })
-	w.finish(t)
-	got := waitEqual(t, r, 2*time.Minute, bigSummary)
-	t.Logf("writer: %v; target: %s", w.ops, got)
-	assert.Equal(t, 0, stop())
-	twice, _ := copiedTwice(t, r)
-	assert.Zero(t, twice, "no chunk copied twice without a crash")
+	for _, mode := range []struct {
+		name  string
+		flags []string
+	}{
+		{"serial", nil},
+		{"immediate", []string{"--immediate"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			n := snapshotRows(t)
+			r := fillBig(t, n)
+			w := startWriter(t, r, n)
+			start := time.Now()
+			stop := inProcess(t, snapshotArgs(r, n, mode.flags...))
+			pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
+				done, all := chunksDone(t, r)
+				return all > 0 && done == all
+			})
+			t.Logf("%d rows copied in %s", n, time.Since(start).Round(time.Millisecond))
+			// Stream for a while after the copy.
+			base := w.txs.Load()
+			pgtest.Eventually(t, time.Minute, "more changes", func() bool { return w.txs.Load() > base+300 })
+			w.finish(t)
+			got := waitEqual(t, r, 2*time.Minute, bigSummary)
+			t.Logf("writer: %v; target: %s", w.ops, got)
+			assert.Equal(t, 0, stop())
+			twice, _ := copiedTwice(t, r)
+			assert.Zero(t, twice, "no chunk copied twice without a crash")
+		})
+	}
 }
 
 // TestSnapshotKills kills pgreplicate (SIGKILL) ten times during the
