@@ -379,6 +379,16 @@ func (l *Loop) runOnce(first bool) result {
 		l.cp.Set(cp)
 		l.cpMu.Unlock()
 	}
+	// The target's schema may have changed since (a table created, a
+	// foreign key added: a table missing from the order fails the
+	// iteration), so each later iteration reads the order again.
+	if !first && l.order != nil {
+		order, err := loadOrder(iter, l.factory.cfg.Target, l.cfg.TargetSchema)
+		if err != nil {
+			return result{err: errors.Wrapf(err, "logical: loop %q", l.name)}
+		}
+		l.order = order
+	}
 	res := l.iterate(iter, l.chooseMode(), true)
 	if leaseCtx != nil && leaseCtx.Err() != nil && !l.done() {
 		l.log.Info("lease lost")

@@ -134,6 +134,11 @@ type Config struct {
 	// same name. Two source tables that would land in one target table
 	// are an error (Process fails naming both) rather than a merge.
 	SchemaMap map[string]string
+
+	// Snapshot, if set, makes Process copy the existing rows of the
+	// published tables (and of tables that join later) and follow added
+	// columns; see SnapshotConfig.
+	Snapshot *SnapshotConfig
 }
 
 // Dialect is a logical.Dialect over a pgoutput replication slot. Create it
@@ -190,6 +195,10 @@ func New(cfg Config) (*Dialect, error) {
 		cfg.FlushBytes = DefaultFlushBytes
 	}
 	cfg.Publications = append([]string(nil), cfg.Publications...)
+	var err error
+	if cfg.Snapshot, err = cfg.Snapshot.checked(cfg.Slot); err != nil {
+		return nil, err
+	}
 	return &Dialect{cfg: cfg}, nil
 }
 

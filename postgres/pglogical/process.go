@@ -35,6 +35,8 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	if g, ok := events.(logical.Grouper); ok && !d.cfg.NoGrouping {
 		p.grouper = g
 	}
+	p.snap = d.newSnapGate() // snapshot.go
+	defer p.snap.close()
 	cp, _ := events.GetConsistentPoint()
 	p.persisted = stampPos(cp)
 	p.committed = p.persisted
@@ -128,6 +130,7 @@ type processor struct {
 	rels   map[uint32]*relation
 	// sources is the source table of each target table seen.
 	sources map[logical.Table]string
+	snap    *snapGate // Config.Snapshot's copies, nil without
 
 	inTx     bool // between Begin and Commit
 	skipping bool // the open transaction was applied already
@@ -164,6 +167,11 @@ type inflight struct {
 func (p *processor) handle(ctx context.Context, m logical.Message) error {
 	if logical.IsRollback(m) {
 		return p.rollback(ctx)
+	}
+	if p.snap != nil { // snapshot.go
+		if drop, err := p.snapshotGate(ctx, m); err != nil || drop {
+			return err
+		}
 	}
 	switch m := m.(type) {
 	case keepalive:

@@ -6,7 +6,9 @@
 //
 // The target tables must exist with the same names and compatible columns,
 // in the schema of the same name as the source's (or as --schemaMap or
-// --targetSchema say). The consistent point, the target's progress and the
+// --targetSchema say), unless --snapshot --createTables creates them;
+// --snapshot also copies the rows the tables already have (snapshot.go).
+// The consistent point, the target's progress and the
 // optional lease live in --stagingSchema of the target database. SIGINT or
 // SIGTERM stops gracefully; the next start resumes where it stopped.
 package main
@@ -88,6 +90,7 @@ type options struct {
 	metricsAddr, logLevel       string
 	cpuProfile                  string
 	schemaMap                   string
+	snap                        snapshotOptions // snapshot.go
 }
 
 // usageError is a problem with the command line (exit status 2).
@@ -120,6 +123,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metricsAddr", "", "serve Prometheus metrics on this address, e.g. :9090")
 	fs.StringVar(&o.logLevel, "logLevel", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until pgreplicate exits")
+	snapshotFlags(fs, &o.snap)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -152,6 +156,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, usageError{fmt.Sprintf("--sourceTimeout must be 0 (off) or at least 100ms, got %s", o.sourceTimeout)}
 	case o.lease != 0 && o.lease < time.Second:
 		return nil, usageError{fmt.Sprintf("--lease must be 0 or at least 1s, got %s", o.lease)}
+	}
+	if err := o.snap.check(); err != nil {
+		return nil, err
 	}
 	if _, err := pgconn.ParseConfig(o.sourceConn); err != nil {
 		return nil, usageError{"--sourceConn cannot be parsed"}
@@ -263,6 +270,9 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	}
 	if o.sourceTimeout == 0 {
 		dcfg.SourceTimeout = -1 // the flag's 0 turns the check off
+	}
+	if dcfg.Snapshot, err = snapshotConfig(setupCtx, o, pool, log); err != nil {
+		return err
 	}
 	// The target's own record of progress is only in step with the data
 	// when each source transaction is one target transaction and no

@@ -1,0 +1,898 @@
+package pglogical
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/logical-go/logical"
+	"github.com/pkg/errors"
+	"github.com/sirupsen/logrus"
+)
+
+// Defaults of SnapshotConfig.
+const (
+	DefaultSnapshotWorkers   = 4
+	DefaultSnapshotChunkRows = 100000
+	DefaultSnapshotPollEvery = 10 * time.Second
+)
+
+// SnapshotConfig makes Process copy the rows of the published tables into
+// the target: every table it has not copied yet (all of them at the first
+// start), and each table that joins a publication later, without a
+// restart. It also adds columns added at the source to the target.
+//
+// # How a copy stays exact
+//
+// A copy happens in rounds. A round opens a temporary replication slot,
+// which exports a snapshot of the source at the slot's consistent point
+// Z, and keeps that connection idle, so the snapshot stays importable.
+// The stream of the main slot goes on until it reaches Z: every source
+// transaction that commits before Z is applied (changes of tables that
+// were never copied are skipped: the copy will have them), and before the
+// first one that commits at or after Z, with nothing in between, Process
+// persists Z as its consistent point and copies the tables of the round
+// at the snapshot Z: Workers connections import the snapshot and COPY the
+// key ranges (chunks) of each table, each chunk into the target in one
+// transaction that first deletes the target's rows in its range and
+// marks the chunk done in the Store. Then the stream resumes at Z. So
+// every chunk holds the rows of exactly the stream position it is copied
+// at, the target never holds a row the source did not have at that
+// position (secondary UNIQUE constraints hold throughout), and nothing
+// older than a chunk is ever applied over it.
+//
+// A crash during a copy loses the snapshot, but not the chunks done: the
+// next Process opens a new round at a later Z', the stream brings the
+// done chunks (and everything else copied) from Z up to Z', and only the
+// chunks not done are copied, at Z'. Only chunks in flight at the crash
+// are copied again.
+//
+// # Limits
+//
+// Chunks are copied in parallel without regard to foreign keys between
+// the target tables, so a target with foreign keys among copied tables
+// needs them added after the copy. Key ranges are compared in each
+// database's collation: text keys need the same collation at both ends.
+// Opening a round waits, as any slot creation does, for the source
+// transactions running at that moment to end.
+type SnapshotConfig struct {
+	// Store keeps the plan and writes the rows; pgstore.Snapshots
+	// (through an adapter) is one. Required.
+	Store SnapshotStore
+	// Key names this dialect's plan in the Store. Default: the slot.
+	Key string
+	// Workers is how many chunks are copied at once. Default 4.
+	Workers int
+	// ChunkRows is about how many rows a chunk has. Default 100000.
+	ChunkRows int
+	// PollEvery is how often Process looks for tables that joined the
+	// publications (a Relation message of an unknown table makes it
+	// look at once). Default 10s; negative: only on Relation messages.
+	PollEvery time.Duration
+	// CreateTables makes a copy create a missing target table from the
+	// source's columns and primary key; otherwise a missing target table
+	// is an error naming it.
+	CreateTables bool
+	// Logger gets the copy's lifecycle (Info) and chunks (Debug).
+	// Default: the standard logger.
+	Logger logrus.FieldLogger
+}
+
+// SnapshotStore is where a snapshot keeps its plan and writes what it
+// copies. Process calls it from its own goroutine and, during a copy,
+// from Workers goroutines at once.
+type SnapshotStore interface {
+	// Load returns every record of key.
+	Load(ctx context.Context, key string) ([]SnapshotRecord, error)
+	// Plan replaces the chunks (N >= 0) of table by chunks, none done.
+	Plan(ctx context.Context, key, table string, chunks []SnapshotRecord) error
+	// SetSpec writes the spec of record n of table, creating it.
+	SetSpec(ctx context.Context, key, table string, n int, spec json.RawMessage) error
+	// Start counts an attempt to copy chunk n of table, at once.
+	Start(ctx context.Context, key, table string, n int) error
+	// Copy deletes the rows of target that match where (unless where is
+	// empty) and writes the rows read from rows (COPY text format,
+	// columns), and marks chunk n done, all in one transaction; it
+	// returns how many rows it wrote.
+	Copy(ctx context.Context, key, table string, n int, target logical.Table, where string, columns []string, rows io.Reader) (int64, error)
+	// Columns returns the target table's column types by name, and
+	// false if it does not exist.
+	Columns(ctx context.Context, table logical.Table) (map[string]string, bool, error)
+	// AddColumn adds a column to a target table.
+	AddColumn(ctx context.Context, table logical.Table, name, typ string) error
+	// CreateTable creates a target table.
+	CreateTable(ctx context.Context, table logical.Table, names, types, key []string) error
+	// AddPrimaryKey adds a primary key to a target table.
+	AddPrimaryKey(ctx context.Context, table logical.Table, key []string) error
+}
+
+// SnapshotRecord is one record of a plan: chunk N >= 0 of a table, or
+// its table record (N = -1).
+type SnapshotRecord struct {
+	Table    string // the source table, "schema.name"
+	N        int
+	Spec     json.RawMessage
+	Done     bool
+	Attempts int
+	Rows     int64
+}
+
+// checked validates c and returns a copy with defaults filled in; a nil
+// c is fine.
+func (c *SnapshotConfig) checked(slot string) (*SnapshotConfig, error) {
+	if c == nil {
+		return nil, nil
+	}
+	cp := *c
+	c = &cp
+	switch {
+	case c.Store == nil:
+		return nil, errors.New("pglogical: Config.Snapshot.Store is required")
+	case c.Workers < 0:
+		return nil, errors.Errorf("pglogical: Config.Snapshot.Workers must not be negative, got %d", c.Workers)
+	case c.ChunkRows < 0:
+		return nil, errors.Errorf("pglogical: Config.Snapshot.ChunkRows must not be negative, got %d", c.ChunkRows)
+	}
+	if c.Key == "" {
+		c.Key = slot
+	}
+	if c.Workers == 0 {
+		c.Workers = DefaultSnapshotWorkers
+	}
+	if c.ChunkRows == 0 {
+		c.ChunkRows = DefaultSnapshotChunkRows
+	}
+	if c.PollEvery == 0 {
+		c.PollEvery = DefaultSnapshotPollEvery
+	}
+	if c.Logger == nil {
+		c.Logger = logrus.StandardLogger()
+	}
+	return c, nil
+}
+
+// chunkSpec is the spec of a chunk: a range of the key, Lo inclusive and
+// Hi exclusive, each nil when unbounded, values in text form.
+type chunkSpec struct {
+	Key   []string `json:"key,omitempty"`
+	Types []string `json:"types,omitempty"`
+	Lo    []string `json:"lo,omitempty"`
+	Hi    []string `json:"hi,omitempty"`
+}
+
+// where returns the SQL condition of the chunk's range.
+func (s chunkSpec) where() string {
+	if len(s.Key) == 0 || (s.Lo == nil && s.Hi == nil) {
+		return "true"
+	}
+	cols := make([]string, len(s.Key))
+	for i, k := range s.Key {
+		cols[i] = quoteIdent(k)
+	}
+	tuple := func(vals []string) string {
+		out := make([]string, len(vals))
+		for i, v := range vals {
+			out[i] = quoteLiteral(v) + "::" + s.Types[i]
+		}
+		return "(" + strings.Join(out, ", ") + ")"
+	}
+	lhs := "(" + strings.Join(cols, ", ") + ")"
+	var conds []string
+	if s.Lo != nil {
+		conds = append(conds, lhs+" >= "+tuple(s.Lo))
+	}
+	if s.Hi != nil {
+		conds = append(conds, lhs+" < "+tuple(s.Hi))
+	}
+	return strings.Join(conds, " AND ")
+}
+
+// tableSpec is the spec of a table record: the source columns last seen
+// and whether a copy of the table ever finished.
+type tableSpec struct {
+	Columns []srcColumn `json:"columns"`
+	Synced  bool        `json:"synced"`
+	// DeferredKey is the primary key of a target table the copy created
+	// without one, to be added once the rows are in (one index build is
+	// cheaper than inserting every row into the index).
+	DeferredKey []string `json:"deferredKey,omitempty"`
+}
+
+// srcColumn is a source column.
+type srcColumn struct {
+	Name string `json:"name"`
+	Type string `json:"type"` // format_type
+	OID  uint32 `json:"oid"`
+	Mod  int32  `json:"mod"`
+}
+
+// snapTable is what the snapshot knows of one source table.
+type snapTable struct {
+	name        string // "schema.name"
+	schema, rel string
+	spec        tableSpec
+	chunks      []*snapChunk
+	round       *snapRound // the round that copies it
+	again       bool       // copy it again after that round
+	created     bool       // this round created the target table: no old rows to delete
+}
+
+// snapChunk is one chunk of a table.
+type snapChunk struct {
+	n    int
+	spec chunkSpec
+	done bool
+}
+
+// pending reports whether some chunk is not done, or none was planned.
+func (t *snapTable) pending() bool {
+	if t.chunks == nil {
+		return true
+	}
+	for _, c := range t.chunks {
+		if !c.done {
+			return true
+		}
+	}
+	return false
+}
+
+// fresh reports whether the target has nothing of t yet: its changes are
+// useless until t is copied.
+func (t *snapTable) fresh() bool {
+	if t.spec.Synced {
+		return false
+	}
+	for _, c := range t.chunks {
+		if c.done {
+			return false
+		}
+	}
+	return true
+}
+
+// snapRound is a copy waiting for the stream to reach its position.
+type snapRound struct {
+	conn     *pgconn.PgConn // holds the exported snapshot
+	at       uint64         // the temporary slot's consistent point
+	snapshot string
+	tables   []*snapTable
+}
+
+// snapGate runs the copies of one Process call, from its goroutine.
+type snapGate struct {
+	d        *Dialect
+	cfg      *SnapshotConfig
+	log      logrus.FieldLogger
+	loaded   bool
+	tables   map[string]*snapTable
+	rels     map[uint32]*snapTable
+	round    *snapRound
+	lastPoll time.Time
+}
+
+// newSnapGate returns the gate of a Process call, nil without
+// Config.Snapshot.
+func (d *Dialect) newSnapGate() *snapGate {
+	if d.cfg.Snapshot == nil {
+		return nil
+	}
+	return &snapGate{
+		d: d, cfg: d.cfg.Snapshot,
+		log:    d.cfg.Snapshot.Logger.WithField("slot", d.cfg.Slot),
+		tables: make(map[string]*snapTable),
+		rels:   make(map[uint32]*snapTable),
+	}
+}
+
+// close releases the snapshot of an unfinished round.
+func (g *snapGate) close() {
+	if g == nil || g.round == nil {
+		return
+	}
+	closeConn(g.round.conn)
+	g.round = nil
+}
+
+func closeConn(c *pgconn.PgConn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = c.Close(ctx)
+}
+
+// snapshotGate is called by Process before it handles m. It copies a
+// round when the stream reached its position, follows relations, and
+// reports true for a row change to drop (of a table not copied yet).
+func (p *processor) snapshotGate(ctx context.Context, m logical.Message) (bool, error) {
+	g := p.snap
+	if !g.loaded {
+		if err := g.load(ctx, p); err != nil {
+			return false, err
+		}
+	}
+	if g.cfg.PollEvery > 0 && time.Since(g.lastPoll) >= g.cfg.PollEvery {
+		if err := g.poll(ctx, p); err != nil {
+			return false, err
+		}
+	}
+	switch m := m.(type) {
+	case keepalive:
+		if g.round != nil && !p.inTx && m.walEnd >= g.round.at {
+			return false, g.copyRound(ctx, p)
+		}
+	case walMessage:
+		switch w := m.msg.(type) {
+		case *pglogrepl.BeginMessage:
+			if g.round != nil && !p.inTx && uint64(w.FinalLSN) >= g.round.at {
+				return false, g.copyRound(ctx, p)
+			}
+		case *pglogrepl.RelationMessage:
+			return false, g.relation(ctx, p, w)
+		case *pglogrepl.InsertMessage:
+			return g.drop(p, w.RelationID), nil
+		case *pglogrepl.UpdateMessage:
+			return g.drop(p, w.RelationID), nil
+		case *pglogrepl.DeleteMessage:
+			return g.drop(p, w.RelationID), nil
+		}
+	}
+	return false, nil
+}
+
+// drop reports whether a row change of relation id in the open
+// transaction is to be left out: its table was never copied and will be,
+// at a position after this transaction.
+func (g *snapGate) drop(p *processor, id uint32) bool {
+	t := g.rels[id]
+	if t == nil || p.begin == nil || !t.fresh() || !t.pending() {
+		return false
+	}
+	return t.round == nil || uint64(p.begin.FinalLSN) < t.round.at
+}
+
+// target returns the target table of t, as Process names it.
+func (g *snapGate) target(p *processor, t *snapTable) logical.Table {
+	return logical.Table{Schema: TargetSchema(t.schema, p.d.cfg.SchemaMap, p.events.GetTargetDB()), Name: t.rel}
+}
+
+// load reads the plan, looks for published tables and starts a round if
+// any needs a copy.
+func (g *snapGate) load(ctx context.Context, p *processor) error {
+	recs, err := g.cfg.Store.Load(ctx, g.cfg.Key)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		t := g.table(r.Table)
+		if r.N < 0 {
+			if err := json.Unmarshal(r.Spec, &t.spec); err != nil {
+				return errors.Wrapf(err, "pglogical: the snapshot record of %s", r.Table)
+			}
+			continue
+		}
+		c := &snapChunk{n: r.N, done: r.Done}
+		if err := json.Unmarshal(r.Spec, &c.spec); err != nil {
+			return errors.Wrapf(err, "pglogical: chunk %d of %s", r.N, r.Table)
+		}
+		t.chunks = append(t.chunks, c)
+	}
+	g.loaded = true
+	// A copy that created tables without their keys crashed: the keys
+	// must be there before the stream applies changes to the chunks done.
+	for _, t := range g.tables {
+		if err := g.addDeferredKey(ctx, p, t); err != nil {
+			return err
+		}
+	}
+	return g.poll(ctx, p)
+}
+
+// addDeferredKey adds the primary key that the copy of t put off, if any.
+func (g *snapGate) addDeferredKey(ctx context.Context, p *processor, t *snapTable) error {
+	if len(t.spec.DeferredKey) == 0 {
+		return nil
+	}
+	target := g.target(p, t)
+	if _, ok, err := g.cfg.Store.Columns(ctx, target); err != nil || !ok {
+		return err // not created yet: the next copy creates it
+	}
+	start := time.Now()
+	if err := g.cfg.Store.AddPrimaryKey(ctx, target, t.spec.DeferredKey); err != nil {
+		return err
+	}
+	g.log.WithFields(logrus.Fields{"table": target.String(), "took": time.Since(start).Round(time.Millisecond)}).Info("primary key added")
+	t.spec.DeferredKey = nil
+	return g.saveSpec(ctx, t)
+}
+
+// table returns the entry of a source table, making it.
+func (g *snapGate) table(name string) *snapTable {
+	t := g.tables[name]
+	if t == nil {
+		schema, rel, _ := strings.Cut(name, ".")
+		t = &snapTable{name: name, schema: schema, rel: rel}
+		g.tables[name] = t
+	}
+	return t
+}
+
+// poll looks for published tables that need a copy and starts a round
+// for them unless one is waiting.
+func (g *snapGate) poll(ctx context.Context, p *processor) error {
+	g.lastPoll = time.Now()
+	conn, err := pgx.Connect(ctx, g.d.cfg.SourceConn)
+	if err != nil {
+		return errors.Wrap(err, "pglogical: connecting to the source")
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT DISTINCT schemaname, tablename FROM pg_catalog.pg_publication_tables
+		WHERE pubname = ANY($1) ORDER BY 1, 2`, g.d.cfg.Publications)
+	if err != nil {
+		return errors.Wrap(err, "pglogical: listing the published tables")
+	}
+	var schema, name string
+	var found []string
+	if _, err := pgx.ForEachRow(rows, []any{&schema, &name}, func() error {
+		found = append(found, schema+"."+name)
+		return nil
+	}); err != nil {
+		return errors.Wrap(err, "pglogical: listing the published tables")
+	}
+	for _, n := range found {
+		t := g.tables[n]
+		if t == nil {
+			t = g.table(n)
+			g.log.WithField("table", n).Info("table to copy")
+		}
+	}
+	if g.round != nil {
+		return nil
+	}
+	var todo []*snapTable
+	for _, n := range found {
+		if t := g.tables[n]; t.pending() {
+			todo = append(todo, t)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	return g.startRound(ctx, conn, todo)
+}
+
+// startRound plans the tables without chunks and opens the temporary slot
+// whose snapshot they will be copied at.
+func (g *snapGate) startRound(ctx context.Context, conn *pgx.Conn, tables []*snapTable) error {
+	for _, t := range tables {
+		if t.chunks != nil {
+			continue
+		}
+		if err := g.plan(ctx, conn, t); err != nil {
+			return err
+		}
+	}
+	rc, err := g.d.connect(ctx)
+	if err != nil {
+		return err
+	}
+	var raw [4]byte
+	_, _ = rand.Read(raw[:])
+	slot := fmt.Sprintf("%.40s_copy_%s", g.d.cfg.Slot, hex.EncodeToString(raw[:]))
+	res, err := pglogrepl.CreateReplicationSlot(ctx, rc, quoteIdent(slot), "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Temporary: true, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		closeConn(rc)
+		return errors.Wrap(err, "pglogical: creating a temporary slot for a snapshot")
+	}
+	at, err := ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		closeConn(rc)
+		return errors.Wrap(err, "pglogical: the temporary slot's consistent point")
+	}
+	r := &snapRound{conn: rc, at: at, snapshot: res.SnapshotName, tables: tables}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		t.round = r
+		names[i] = t.name
+	}
+	g.round = r
+	g.log.WithFields(logrus.Fields{"at": FormatLSN(at), "tables": strings.Join(names, ",")}).Info("snapshot taken")
+	return nil
+}
+
+// plan splits t into chunks of about ChunkRows rows by its primary key
+// (or replica identity index); a table without one is a single chunk.
+func (g *snapGate) plan(ctx context.Context, conn *pgx.Conn, t *snapTable) error {
+	reg := quoteIdent(t.schema) + "." + quoteIdent(t.rel)
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+		  FROM pg_catalog.pg_index i
+		  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		 WHERE i.indrelid = $1::regclass
+		   AND i.indexrelid = (SELECT x.indexrelid FROM pg_catalog.pg_index x
+		                        WHERE x.indrelid = $1::regclass AND (x.indisprimary OR x.indisreplident)
+		                        ORDER BY x.indisprimary DESC LIMIT 1)
+		 ORDER BY array_position(i.indkey::int2[], a.attnum)`, reg)
+	if err != nil {
+		return errors.Wrapf(err, "pglogical: reading the key of %s", t.name)
+	}
+	var key, types []string
+	var k, typ string
+	if _, err := pgx.ForEachRow(rows, []any{&k, &typ}, func() error {
+		key, types = append(key, k), append(types, typ)
+		return nil
+	}); err != nil {
+		return errors.Wrapf(err, "pglogical: reading the key of %s", t.name)
+	}
+	var bounds [][]string
+	switch {
+	case len(key) == 1 && (types[0] == "integer" || types[0] == "bigint" || types[0] == "smallint"):
+		// An integer key: even steps between its ends, without reading
+		// every key.
+		var lo, hi, n int64
+		k := quoteIdent(key[0])
+		if err := conn.QueryRow(ctx, `SELECT coalesce(min(`+k+`), 0)::bigint, coalesce(max(`+k+`), 0)::bigint,
+			greatest((SELECT reltuples FROM pg_catalog.pg_class WHERE oid = $1::regclass), 0)::bigint FROM `+reg, reg).
+			Scan(&lo, &hi, &n); err != nil {
+			return errors.Wrapf(err, "pglogical: splitting %s into chunks", t.name)
+		}
+		if n == 0 { // never analyzed
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM `+reg).Scan(&n); err != nil {
+				return errors.Wrapf(err, "pglogical: splitting %s into chunks", t.name)
+			}
+		}
+		parts := n / int64(g.cfg.ChunkRows)
+		if span := hi - lo; parts > span {
+			parts = span
+		}
+		for i := int64(1); i < parts; i++ {
+			bounds = append(bounds, []string{strconv.FormatInt(lo+(hi-lo)/parts*i, 10)})
+		}
+	case len(key) > 0:
+		cols := make([]string, len(key))
+		texts := make([]string, len(key))
+		for i, k := range key {
+			cols[i] = quoteIdent(k)
+			texts[i] = quoteIdent(k) + "::text"
+		}
+		list := strings.Join(cols, ", ")
+		rows, err := conn.Query(ctx, `SELECT ARRAY[`+strings.Join(texts, ", ")+`] FROM (SELECT `+list+
+			`, row_number() OVER (ORDER BY `+list+`) AS rn FROM `+reg+`) s WHERE rn % $1 = 0 ORDER BY rn`, g.cfg.ChunkRows)
+		if err != nil {
+			return errors.Wrapf(err, "pglogical: splitting %s into chunks", t.name)
+		}
+		var b []string
+		if _, err := pgx.ForEachRow(rows, []any{&b}, func() error {
+			bounds = append(bounds, b)
+			return nil
+		}); err != nil {
+			return errors.Wrapf(err, "pglogical: splitting %s into chunks", t.name)
+		}
+	}
+	var recs []SnapshotRecord
+	t.chunks = nil
+	var lo []string
+	for i := 0; i <= len(bounds); i++ {
+		s := chunkSpec{Key: key, Types: types, Lo: lo}
+		if i < len(bounds) {
+			s.Hi = bounds[i]
+			lo = bounds[i]
+		}
+		raw, _ := json.Marshal(s)
+		recs = append(recs, SnapshotRecord{Table: t.name, N: i, Spec: raw})
+		t.chunks = append(t.chunks, &snapChunk{n: i, spec: s})
+	}
+	return g.cfg.Store.Plan(ctx, g.cfg.Key, t.name, recs)
+}
+
+// copyRound copies the tables of the round at its snapshot; the stream is
+// at the round's position.
+func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
+	r := g.round
+	if p.committed < r.at {
+		p.committed = r.at
+	}
+	if err := p.maybeSetPoint(ctx, true); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.events.Stopping():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	total, err := g.copyTables(ctx, p, r)
+	if err != nil {
+		if isClosed(p.events.Stopping()) {
+			return errors.New("pglogical: a stop interrupted the snapshot; the next start resumes it")
+		}
+		return err
+	}
+	closeConn(r.conn)
+	g.round = nil
+	var again []*snapTable
+	for _, t := range r.tables {
+		t.round, t.created = nil, false
+		if err := g.addDeferredKey(ctx, p, t); err != nil {
+			return err
+		}
+		t.spec.Synced = true
+		if err := g.saveSpec(ctx, t); err != nil {
+			return err
+		}
+		if t.again {
+			t.again = false
+			again = append(again, t)
+		}
+	}
+	g.log.WithFields(logrus.Fields{"at": FormatLSN(r.at), "rows": total, "took": time.Since(start).Round(time.Millisecond)}).
+		Info("snapshot copied")
+	if len(again) > 0 {
+		conn, err := pgx.Connect(ctx, g.d.cfg.SourceConn)
+		if err != nil {
+			return errors.Wrap(err, "pglogical: connecting to the source")
+		}
+		defer conn.Close(context.Background())
+		for _, t := range again {
+			if err := g.plan(ctx, conn, t); err != nil {
+				return err
+			}
+		}
+	}
+	// Tables that joined meanwhile get a round of their own.
+	return g.poll(ctx, p)
+}
+
+// saveSpec records the table record of t.
+func (g *snapGate) saveSpec(ctx context.Context, t *snapTable) error {
+	raw, err := json.Marshal(t.spec)
+	if err != nil {
+		return errors.Wrapf(err, "pglogical: the snapshot record of %s", t.name)
+	}
+	return g.cfg.Store.SetSpec(ctx, g.cfg.Key, t.name, -1, raw)
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// copyTables makes sure the target tables can take the rows and copies the
+// chunks not done with Workers connections that import the snapshot.
+func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (int64, error) {
+	conn, err := g.snapshotConn(ctx, r)
+	if err != nil {
+		return 0, err
+	}
+	type job struct {
+		t    *snapTable
+		c    *snapChunk
+		cols []string
+	}
+	var jobs []job
+	for _, t := range r.tables {
+		cols, err := g.sourceColumns(ctx, conn, t)
+		if err != nil {
+			closeConn(conn.PgConn())
+			return 0, err
+		}
+		if err := g.prepareTarget(ctx, p, conn, t, cols); err != nil {
+			closeConn(conn.PgConn())
+			return 0, err
+		}
+		t.spec.Columns = cols
+		names := make([]string, len(cols))
+		for i, c := range cols {
+			names[i] = c.Name
+		}
+		for _, c := range t.chunks {
+			if !c.done {
+				jobs = append(jobs, job{t: t, c: c, cols: names})
+			}
+		}
+	}
+	closeConn(conn.PgConn())
+
+	work := make(chan job)
+	var mu sync.Mutex
+	var total int64
+	var firstErr error
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range min(g.cfg.Workers, len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := g.snapshotConn(ctx, r)
+			if err != nil {
+				fail(err)
+				cancel()
+				return
+			}
+			defer closeConn(conn.PgConn())
+			for j := range work {
+				n, err := g.copyChunk(ctx, p, conn, j.t, j.c, j.cols)
+				if err != nil {
+					fail(err)
+					cancel()
+					return
+				}
+				mu.Lock()
+				total += n
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for _, j := range jobs {
+		select {
+		case work <- j:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return total, firstErr
+}
+
+// snapshotConn opens a source connection in a transaction that sees the
+// round's snapshot.
+func (g *snapGate) snapshotConn(ctx context.Context, r *snapRound) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, g.d.cfg.SourceConn)
+	if err != nil {
+		return nil, errors.Wrap(err, "pglogical: connecting to the source for a snapshot")
+	}
+	if _, err := conn.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err == nil {
+		_, err = conn.Exec(ctx, `SET TRANSACTION SNAPSHOT `+quoteLiteral(r.snapshot))
+	}
+	if err != nil {
+		closeConn(conn.PgConn())
+		return nil, errors.Wrap(err, "pglogical: importing the snapshot")
+	}
+	return conn, nil
+}
+
+// copyBuffer is how many bytes of COPY data go to the target at once.
+const copyBuffer = 256 << 10
+
+// copyChunk copies one chunk from the snapshot of conn into the target.
+func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, t *snapTable, c *snapChunk, cols []string) (int64, error) {
+	if err := g.cfg.Store.Start(ctx, g.cfg.Key, t.name, c.n); err != nil {
+		return 0, err
+	}
+	quoted := make([]string, len(cols))
+	for i, c := range cols {
+		quoted[i] = quoteIdent(c)
+	}
+	where := c.spec.where()
+	sql := `COPY (SELECT ` + strings.Join(quoted, ", ") + ` FROM ` + quoteIdent(t.schema) + "." + quoteIdent(t.rel) +
+		` WHERE ` + where + `) TO STDOUT`
+	if t.created {
+		where = "" // nothing to replace, and no index to find it
+	}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		// The server sends a message per row: hand them over in large
+		// pieces, or the target would get a message (and a write) per row.
+		bw := bufio.NewWriterSize(pw, copyBuffer)
+		_, err := conn.PgConn().CopyTo(ctx, bw, sql)
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	start := time.Now()
+	n, err := g.cfg.Store.Copy(ctx, g.cfg.Key, t.name, c.n, g.target(p, t), where, cols, pr)
+	pr.CloseWithError(errors.New("pglogical: the target stopped reading"))
+	srcErr := <-done
+	if err == nil && srcErr != nil {
+		err = errors.Wrapf(srcErr, "pglogical: copying chunk %d of %s from the source", c.n, t.name)
+	}
+	if err != nil {
+		return 0, err
+	}
+	c.done = true
+	g.log.WithFields(logrus.Fields{"table": t.name, "chunk": c.n, "rows": n, "took": time.Since(start).Round(time.Millisecond)}).
+		Debug("chunk copied")
+	return n, nil
+}
+
+// sourceColumns reads the columns of t as the snapshot of conn sees them.
+func (g *snapGate) sourceColumns(ctx context.Context, conn *pgx.Conn, t *snapTable) ([]srcColumn, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
+		  FROM pg_catalog.pg_attribute a
+		 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		 ORDER BY a.attnum`, quoteIdent(t.schema)+"."+quoteIdent(t.rel))
+	if err != nil {
+		return nil, errors.Wrapf(err, "pglogical: reading the columns of %s", t.name)
+	}
+	var cols []srcColumn
+	var c srcColumn
+	if _, err := pgx.ForEachRow(rows, []any{&c.Name, &c.Type, &c.OID, &c.Mod}, func() error {
+		cols = append(cols, c)
+		return nil
+	}); err != nil {
+		return nil, errors.Wrapf(err, "pglogical: reading the columns of %s", t.name)
+	}
+	return cols, nil
+}
+
+// prepareTarget makes sure the target table of t exists and has every
+// source column.
+func (g *snapGate) prepareTarget(ctx context.Context, p *processor, conn *pgx.Conn, t *snapTable, cols []srcColumn) error {
+	target := g.target(p, t)
+	have, ok, err := g.cfg.Store.Columns(ctx, target)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if !g.cfg.CreateTables {
+			return errors.Errorf("pglogical: target table %s of %s does not exist: create it (or let pgreplicate, with --createTables)",
+				target, t.name)
+		}
+		names := make([]string, len(cols))
+		types := make([]string, len(cols))
+		for i, c := range cols {
+			names[i], types[i] = c.Name, c.Type
+		}
+		var key []string
+		if len(t.chunks) > 0 {
+			key = t.chunks[0].spec.Key
+		}
+		g.log.WithFields(logrus.Fields{"table": target.String()}).Info("creating target table")
+		// The key comes after the rows; recorded first, so that a crash
+		// in between cannot leave a table without it.
+		t.spec.DeferredKey = key
+		if err := g.saveSpec(ctx, t); err != nil {
+			return err
+		}
+		if err := g.cfg.Store.CreateTable(ctx, target, names, types, nil); err != nil {
+			return err
+		}
+		t.created = true
+		return nil
+	}
+	for _, c := range cols {
+		if _, ok := have[c.Name]; !ok {
+			g.log.WithFields(logrus.Fields{"table": target.String(), "column": c.Name, "type": c.Type}).Info("adding column")
+			if err := g.cfg.Store.AddColumn(ctx, target, c.Name, c.Type); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
