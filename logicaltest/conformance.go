@@ -186,9 +186,9 @@ type state struct {
 
 // segment is the data committed before a consistent point.
 type segment struct {
-	point    logical.Stamp
-	key      string // the point's JSON
-	muts     []string
+	point logical.Stamp
+	key   string // the point's JSON
+	muts  []string
 }
 
 var _ logical.Events = (*state)(nil)
