@@ -19,6 +19,12 @@ type State interface {
 	// observed. It returns when both are done. A point that is not
 	// strictly after the current one is an error, as is a failed Memo.Put
 	// (the point is then unchanged). Concurrent calls are serialized.
+	//
+	// Call it only once the batches holding the data up to cp reported
+	// nil from OnCommit. The loop keeps cp itself (as the current point,
+	// compared with the next one, and in Loop.Stats): do not modify it
+	// afterwards, pass a new Stamp each time. An error is best returned
+	// from Process, which ends the iteration.
 	SetConsistentPoint(ctx context.Context, cp Stamp) error
 
 	// Stopping is closed when the loop iteration is asked to stop, for
