@@ -38,29 +38,45 @@ type Dialect interface {
 	// (state.GetConsistentPoint), and sends messages into ch. It owns
 	// nothing after a send.
 	//
-	// It returns nil when the source is exhausted or when state.Stopping()
-	// closes. An error makes the loop put a rollback message into ch, wait
-	// Config.RetryDelay and call ReadInto again; the consistent point is
-	// where the new call must start. ReadInto must not close ch: the loop
-	// does, once the source stops for good, so a Process that ranges over
-	// ch always ends.
+	// It returns nil once state.Stopping() closes, and ctx.Err() once ctx
+	// is cancelled, also while blocked sending. At the end of what the
+	// source holds now, it waits for more (or for the stop) instead of
+	// returning: a nil return tells the loop the source is finished, so
+	// the loop closes ch, Process drains it and returns, the iteration
+	// ends, and the next one starts after Config.RetryDelay (10s by
+	// default) with the lease acquired and the point loaded again; new
+	// data would arrive a RetryDelay late. Return nil without a stop only
+	// for a source that has really ended.
+	//
+	// An error makes the loop put a rollback message into ch, wait
+	// Config.RetryDelay (backing off on repeated errors) and call ReadInto
+	// again; the consistent point is where the new call must start. The
+	// loop keeps Process running meanwhile. ReadInto must not close ch:
+	// the loop does, once the source stops for good, so a Process that
+	// ranges over ch always ends.
 	ReadInto(ctx context.Context, ch chan<- Message, state State) error
 
 	// Process receives what ReadInto sent and turns it into batches of
 	// mutations through events, setting the consistent point (through
 	// events, which is also the State) once the data up to a point is
-	// committed.
+	// committed. For a source whose messages are whole transactions,
+	// Transactions is a ready Process; the package overview shows the
+	// skeleton of a hand-written one.
 	//
-	// After a rollback message, the restarted ReadInto sends again from
-	// the consistent point it saw when it restarted. Messages sent before
-	// the failure may still arrive ahead of the rollback and be committed,
-	// so the new stream can repeat what Process already committed: skip
-	// messages at or before the current consistent point.
+	// After a rollback message (IsRollback), roll back the open batch and
+	// forget any partial transaction: the restarted ReadInto sends again
+	// from the consistent point it saw when it restarted. Messages sent
+	// before the failure may still arrive ahead of the rollback and be
+	// committed, so the new stream can repeat what Process already
+	// committed: skip messages at or before the current consistent point.
+	// Committing them again after newer data would undo that data.
 	//
 	// It returns nil after ch is closed or once events.Stopping() is
-	// closed; returning nil at any other time is treated as an error. An
-	// error ends the loop iteration: both sides are stopped, and a new
-	// iteration starts after Config.RetryDelay from the persisted point.
+	// closed (check it in every receive: ch stays open while the loop
+	// stops), and returns once ctx is cancelled; returning nil at any
+	// other time is treated as an error. An error ends the loop iteration:
+	// both sides are stopped, and a new iteration starts after
+	// Config.RetryDelay from the persisted point.
 	Process(ctx context.Context, ch <-chan Message, events Events) error
 
 	// ZeroStamp returns a new stamp that encoding/json can unmarshal the
@@ -80,6 +96,18 @@ type Dialect interface {
 // transaction boundaries. Without this interface a dialect always streams.
 type Backfiller interface {
 	Dialect
-	// BackfillInto has the same contract as ReadInto.
+	// BackfillInto has the contract of ReadInto, except at the end of the
+	// source: it returns nil once it has sent what the source held when
+	// the call started. Events.Backfill counts only that as a finished
+	// backfill. In the automatic mode (Config.BackfillWindow) the
+	// iteration then ends, and the next one starts after
+	// Config.RetryDelay: it streams (ReadInto) if the consistent point is
+	// now within the window, and backfills again from the point if not.
+	// So for a source that keeps growing, do not chase its end (the next
+	// call picks up the rest), and make a call that finds nothing new
+	// cheap: an idle source whose newest data is older than the window
+	// repeats such a call every RetryDelay. While a backfill runs, the
+	// loop switches to streaming as soon as a point within the window is
+	// set, by closing state.Stopping(), without waiting for the return.
 	BackfillInto(ctx context.Context, ch chan<- Message, state State) error
 }

@@ -14,6 +14,14 @@
 // safely in the target. ZeroStamp returns the stamp type to decode the
 // persisted point into.
 //
+// Most sources deliver whole transactions, each with a position. For them
+// the package has a ready Process: Transactions calls the dialect's
+// decoder for each message and does the rest (skipping what a restarted
+// source sends again, one batch per source transaction, commit, then the
+// point, rollback, stop), so the dialect writes only its reader and its
+// decoder. A dialect that needs more writes Process itself, see "A
+// hand-written Process" below.
+//
 // A Stamp is any ordered position in the source (an LSN, a GTID set, a
 // timestamp) that round-trips through encoding/json. A TimeStamp also knows
 // its time, which enables backfill and lag metrics; an OffsetStamp has a
@@ -42,9 +50,30 @@
 // Memo stored the point. Anything that observes the point, for example a
 // dialect acknowledging its source so it can discard old log, therefore
 // never sees a point that a crash would lose. Points must strictly
-// increase. After a restart the loop resumes from the persisted point, so
-// mutations after it may be applied again: targets must be idempotent
-// (upserts and deletes by key), and the guarantee is at-least-once.
+// increase. The loop keeps the Stamp value it was given (as the current
+// point, for comparison with the next one, and in Loop.Stats), so a stamp
+// must not be modified once passed to SetConsistentPoint: pass a new one
+// each time, and never modify the one GetConsistentPoint returns.
+//
+// After a restart the loop resumes from the persisted point, so mutations
+// after it may be applied again: the guarantee is at-least-once. How to get
+// "nothing applied twice":
+//   - Within an iteration, skip every message at or before the consistent
+//     point: after a source error the restarted ReadInto sends again from
+//     the point it saw, which can be behind what Process committed
+//     meanwhile. Committing an old transaction again after newer ones would
+//     undo the newer ones (a deleted row comes back, for good).
+//     Transactions does this; logicaltest.Conformance checks it.
+//   - Across restarts (a crash, a failed Process, a moved lease), what was
+//     committed after the persisted point is applied again, in order and
+//     before anything newer. Targets that upsert and delete by key
+//     (MemoryTarget, the PostgreSQL target) end in the same state as if it
+//     was applied once.
+//   - A target that must never see a transaction twice (appends, counters)
+//     needs serial mode and the point stored in the same target
+//     transaction as the data: for example a row holding the stamp written
+//     to a progress table in each batch, and a Memo whose Get reads that
+//     row, so that the data and its point commit or fail together.
 //
 // # Failures and rollback
 //
@@ -62,6 +91,81 @@
 // ErrBatchEnded from a Batch used after it ended. A point going backwards
 // is logged at error level: it usually means Process applied replayed
 // messages it should have skipped.
+//
+// When ReadInto returns nil without being asked to stop, the loop takes the
+// source to be finished: it closes the channel, Process drains it and
+// returns, the iteration ends, and the next one starts after
+// Config.RetryDelay (10s by default) with a new lease and the point loaded
+// again. So at the end of a source that may still grow, ReadInto waits (for
+// new data, State.Stopping or ctx) instead of returning, or new data
+// arrives a RetryDelay late.
+//
+// # A hand-written Process
+//
+// A Process has one goroutine and this shape (here for a source whose
+// transactions span several messages, the last one marking the commit; a
+// record carries the position of its transaction):
+//
+//	func (d *rowLedger) Process(ctx context.Context, ch <-chan logical.Message, ev logical.Events) error {
+//		done, _ := ev.GetConsistentPoint() // only this Process moves the point
+//		var batch logical.Batch            // open while a source transaction is
+//		drop := func() {
+//			if batch != nil {
+//				_ = batch.OnRollback(ctx)
+//				batch = nil
+//			}
+//		}
+//		defer drop()
+//		for {
+//			var msg logical.Message
+//			var ok bool
+//			select {
+//			case msg, ok = <-ch:
+//			case <-ev.Stopping():
+//				return nil
+//			case <-ctx.Done():
+//				return ctx.Err()
+//			}
+//			if !ok {
+//				return nil // the source stopped for good; a partial transaction is dropped
+//			}
+//			if logical.IsRollback(msg) {
+//				drop() // the source restarts from the consistent point
+//				continue
+//			}
+//			rec := d.decode(msg, ev.GetTargetDB())
+//			if logical.Compare(rec.stamp, done) <= 0 {
+//				continue // sent again by a restarted source: committed already
+//			}
+//			if batch == nil {
+//				var err error
+//				if batch, err = ev.OnBegin(ctx); err != nil {
+//					return err
+//				}
+//			}
+//			if err := batch.OnData(ctx, rec.source, rec.table, rec.muts); err != nil {
+//				return err
+//			}
+//			if !rec.last {
+//				continue
+//			}
+//			err := <-batch.OnCommit(ctx)
+//			batch = nil
+//			if err != nil {
+//				return err
+//			}
+//			if err := ev.SetConsistentPoint(ctx, rec.stamp); err != nil { // a new stamp each time
+//				return err
+//			}
+//			done = rec.stamp
+//		}
+//	}
+//
+// Every receive also selects on Stopping and ctx, so Process returns while
+// its channel stays open; the rollback message drops the open batch; the
+// point moves only after OnCommit reported nil; nothing at or before the
+// point is applied again. The repository's tests run this code through
+// logicaltest.Conformance.
 //
 // # Serial and fan batches
 //
@@ -87,6 +191,11 @@
 // row) commits with its data. The OnCommit result of a grouped batch
 // arrives when its group commits; the dialect moves its consistent point
 // in order as results arrive.
+//
+// An empty batch (OnBegin, then OnCommit without OnData, or OnData with no
+// mutations) is allowed in either mode; in serial mode it commits an empty
+// target transaction. To move the point over a source transaction with
+// nothing to apply, SetConsistentPoint alone is enough.
 //
 // # Backfill and streaming
 //

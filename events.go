@@ -38,6 +38,11 @@ type Batcher interface {
 // A Batch collects the mutations of one source transaction (serial mode) or
 // of any number of them (fan mode). A Batch is used by one goroutine at a
 // time.
+//
+// A batch may be empty: OnBegin then OnCommit without OnData (or OnData
+// with no mutations) is allowed in every mode; in serial mode it commits
+// an empty target transaction. To move the point over a source
+// transaction with nothing to apply, SetConsistentPoint alone is enough.
 type Batch interface {
 	// Flush waits until what was given to OnData so far is applied (fan
 	// mode), returning the first apply error. In serial mode it does

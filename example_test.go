@@ -4,81 +4,56 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/logical-go/logical"
 )
 
-// counter is the stamp of the tiny example dialect: a position in a list.
-type counter int
+// README begin: the README's "A dialect in 30 lines" is this, verbatim.
 
-func (c *counter) Less(other logical.Stamp) bool { return *c < *other.(*counter) }
+type counter int // the stamp: a position in the source
 
-// listDialect replicates a fixed list of words, one transaction each.
-type listDialect struct{ words []string }
+func (c *counter) Less(o logical.Stamp) bool { return *c < *o.(*counter) }
 
-func (d *listDialect) ZeroStamp() logical.Stamp { c := counter(-1); return &c }
+type words struct{ list []string }
 
-// ReadInto sends the positions after the consistent point, then waits.
-func (d *listDialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
-	cp, _ := state.GetConsistentPoint()
-	for i := int(*cp.(*counter)) + 1; i < len(d.words); i++ {
+func (d *words) ZeroStamp() logical.Stamp { c := counter(-1); return &c }
+
+func (d *words) ReadInto(ctx context.Context, ch chan<- logical.Message, st logical.State) error {
+	cp, _ := st.GetConsistentPoint() // start just after what is persisted
+	for i := int(*cp.(*counter)) + 1; i <= len(d.list); i++ {
+		if i == len(d.list) {
+			ch = nil // the end of the source: wait for a stop, do not return
+		}
 		select {
 		case ch <- i:
-		case <-state.Stopping():
+		case <-st.Stopping():
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	<-state.Stopping()
 	return nil
 }
 
-// Process writes each word as one row and then moves the consistent point.
-func (d *listDialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
-	table := logical.Table{Schema: events.GetTargetDB(), Name: "words"}
-	for {
-		var msg logical.Message
-		select {
-		case msg = <-ch:
-		case <-events.Stopping():
-			return nil
-		}
-		if msg == nil || logical.IsRollback(msg) {
-			continue // nothing is held across messages, so nothing to undo
-		}
-		i := msg.(int)
-		if cp, _ := events.GetConsistentPoint(); i <= int(*cp.(*counter)) {
-			continue // sent again after a source restart
-		}
-		batch, err := events.OnBegin(ctx)
-		if err != nil {
-			return err
-		}
-		row, _ := json.Marshal(map[string]string{"word": d.words[i]})
-		mut := logical.Mutation{Key: json.RawMessage("[" + strconv.Itoa(i) + "]"), Data: row}
-		if err := batch.OnData(ctx, "words", table, []logical.Mutation{mut}); err != nil {
-			_ = batch.OnRollback(ctx)
-			return err
-		}
-		if err := <-batch.OnCommit(ctx); err != nil {
-			return err
-		}
-		c := counter(i)
-		if err := events.SetConsistentPoint(ctx, &c); err != nil {
-			return err
-		}
-	}
+func (d *words) Process(ctx context.Context, ch <-chan logical.Message, ev logical.Events) error {
+	tbl := logical.Table{Schema: ev.GetTargetDB(), Name: "words"}
+	return logical.Transactions{Decode: func(_ context.Context, msg logical.Message) (logical.Txn, error) {
+		i := msg.(int) // one message, one source transaction
+		row, _ := json.Marshal(map[string]string{"word": d.list[i]})
+		mut := logical.Mutation{Key: json.RawMessage(fmt.Sprintf("[%d]", i)), Data: row}
+		c := counter(i) // the point once this transaction is committed
+		return logical.Txn{Stamp: &c, Data: map[logical.Table][]logical.Mutation{tbl: {mut}}}, nil
+	}}.Process(ctx, ch, ev) // skips replays, commits, then sets the point
 }
+
+// README end
 
 func ExampleStart() {
 	target := logical.NewMemoryTarget()
-	dialect := &listDialect{words: []string{"alpha", "beta", "gamma"}}
 	loop, err := logical.Start(context.Background(),
 		&logical.Config{Target: target},
-		&logical.LoopConfig{Dialect: dialect, LoopName: "words", TargetSchema: "demo"})
+		&logical.LoopConfig{Dialect: &words{list: []string{"alpha", "beta", "gamma"}}, LoopName: "words", TargetSchema: "demo"})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -99,7 +74,8 @@ func ExampleStart() {
 	loop.Stop(time.Second)
 	<-loop.Stopped()
 
-	row, _ := target.Get(logical.Table{Schema: "demo", Name: "words"}, "[1]")
-	fmt.Println(target.Count(logical.Table{Schema: "demo", Name: "words"}), string(row))
+	tbl := logical.Table{Schema: "demo", Name: "words"}
+	row, _ := target.Get(tbl, "[1]")
+	fmt.Println(target.Count(tbl), string(row))
 	// Output: 3 {"word":"beta"}
 }

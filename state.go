@@ -21,6 +21,12 @@ type State interface {
 	// (the point is then unchanged): ErrPointStalled for an equal point,
 	// ErrPointBackwards for an earlier one (match with errors.Is).
 	// Concurrent calls are serialized.
+	//
+	// Call it only once the batches holding the data up to cp reported
+	// nil from OnCommit. The loop keeps cp itself (as the current point,
+	// compared with the next one, and in Loop.Stats): do not modify it
+	// afterwards, pass a new Stamp each time. An error is best returned
+	// from Process, which ends the iteration.
 	SetConsistentPoint(ctx context.Context, cp Stamp) error
 
 	// Stopping is closed when the loop iteration is asked to stop, for

@@ -2,6 +2,7 @@ package logicaltest_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"runtime"
 	"strings"
@@ -120,6 +121,21 @@ func TestConformanceGenerator(t *testing.T) {
 		assert.Equal(t, 12*4, rows, "Check saw the rows of the uninterrupted run")
 	})
 
+	t.Run("a source that ends is read to its end", func(t *testing.T) {
+		ft := runFake(logicaltest.Conformance{
+			NewDialect: func(logicaltest.TB) logical.Dialect { return logicaltest.NewGenerator(30) },
+			Messages:   20,
+		})
+		assert.Empty(t, ft.failures())
+		assert.False(t, anyContains(ft.logs, "end of the source was not reached"), "logs: %v", ft.logs)
+	})
+
+	t.Run("a longer source says the end was not checked", func(t *testing.T) {
+		ft := runFake(logicaltest.Conformance{NewDialect: generator(1), Messages: 6})
+		assert.Empty(t, ft.failures())
+		assert.True(t, anyContains(ft.logs, "end of the source was not reached"), "logs: %v", ft.logs)
+	})
+
 	t.Run("one commit per message cannot roll back and says so", func(t *testing.T) {
 		ft := runFake(logicaltest.Conformance{NewDialect: generator(1), Messages: 6})
 		assert.Empty(t, ft.failures())
@@ -183,6 +199,115 @@ func (d dropsRollbacks) Process(ctx context.Context, ch <-chan logical.Message, 
 	return d.Generator.Process(ctx, filtered, ev)
 }
 
+// tape is a small hand-written dialect over the messages 0..n-1, one
+// transaction each, with switches for mistakes the checks must catch.
+type tape struct {
+	n           int
+	returnAtEnd bool // ReadInto returns nil after the last message
+	noSkip      bool // Process applies messages at or before the point
+	lossy       bool // the stamp loses its position in JSON
+}
+
+// tapeStamp is tape's stamp; lossyStamp is one whose JSON form is empty.
+type (
+	tapeStamp  struct{ Pos int }
+	lossyStamp struct {
+		Pos int `json:"-"`
+	}
+)
+
+func (s *tapeStamp) Less(o logical.Stamp) bool  { return s.Pos < o.(*tapeStamp).Pos }
+func (s *lossyStamp) Less(o logical.Stamp) bool { return s.Pos < o.(*lossyStamp).Pos }
+
+func (d *tape) stamp(pos int) logical.Stamp {
+	if d.lossy {
+		return &lossyStamp{Pos: pos}
+	}
+	return &tapeStamp{Pos: pos}
+}
+
+func (d *tape) pos(s logical.Stamp) int {
+	if l, ok := s.(*lossyStamp); ok {
+		return l.Pos
+	}
+	return s.(*tapeStamp).Pos
+}
+
+func (d *tape) ZeroStamp() logical.Stamp { return d.stamp(-1) }
+
+func (d *tape) ReadInto(ctx context.Context, ch chan<- logical.Message, st logical.State) error {
+	cp, _ := st.GetConsistentPoint()
+	for i := d.pos(cp) + 1; i < d.n; i++ {
+		select {
+		case ch <- i:
+		case <-st.Stopping():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if d.returnAtEnd {
+		return nil
+	}
+	select {
+	case <-st.Stopping():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *tape) Process(ctx context.Context, ch <-chan logical.Message, ev logical.Events) error {
+	tbl := logical.Table{Schema: ev.GetTargetDB(), Name: "tape"}
+	for {
+		var msg logical.Message
+		var ok bool
+		select {
+		case msg, ok = <-ch:
+		case <-ev.Stopping():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return nil
+		}
+		i, isPos := msg.(int)
+		if !isPos {
+			continue // the rollback: nothing is held across messages
+		}
+		if cp, _ := ev.GetConsistentPoint(); !d.noSkip && i <= d.pos(cp) {
+			continue
+		}
+		b, err := ev.OnBegin(ctx)
+		if err != nil {
+			return err
+		}
+		mut := logical.Mutation{Key: json.RawMessage(fmt.Sprintf("[%d]", i)), Data: json.RawMessage(`{"v":1}`)}
+		if err := b.OnData(ctx, "tape", tbl, []logical.Mutation{mut}); err != nil {
+			_ = b.OnRollback(ctx)
+			return err
+		}
+		if err := <-b.OnCommit(ctx); err != nil {
+			return err
+		}
+		if err := ev.SetConsistentPoint(ctx, d.stamp(i)); err != nil {
+			return err
+		}
+	}
+}
+
+// TestConformanceTape runs the kit on a correct tape that holds exactly
+// Messages messages: no check needs more than that.
+func TestConformanceTape(t *testing.T) {
+	ft := runFake(logicaltest.Conformance{
+		NewDialect: func(logicaltest.TB) logical.Dialect { return &tape{n: 12} },
+		Messages:   12,
+	})
+	assert.Empty(t, ft.failures())
+	assert.False(t, anyContains(ft.logs, "end of the source was not reached"), "logs: %v", ft.logs)
+}
+
 func TestConformanceCatchesBrokenDialects(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -215,6 +340,34 @@ func TestConformanceCatchesBrokenDialects(t *testing.T) {
 				{"contract broken", "open when the rollback message arrived", "was committed"},
 			},
 		},
+		{
+			name: "Process does not skip what is at or before the point",
+			new:  func() logical.Dialect { return &tape{n: 14, noSkip: true} },
+			wants: [][]string{
+				{"contract broken", "sent again the messages from", "committed them again", "must skip messages at or before the consistent point"},
+			},
+		},
+		{
+			name: "ReadInto returns at the end of the source",
+			new:  func() logical.Dialect { return &tape{n: 14, returnAtEnd: true} },
+			wants: [][]string{
+				{"contract broken", "ReadInto returned nil at the end of its source", "without State.Stopping() being closed", "Config.RetryDelay"},
+			},
+		},
+		{
+			name: "the persisted point does not read back",
+			new:  func() logical.Dialect { return &tape{n: 14, lossy: true} },
+			wants: [][]string{
+				{"contract broken", "read back into a fresh ZeroStamp()", "does not compare equal", "JSON round trip"},
+			},
+		},
+		{
+			name: "ZeroStamp hands out one shared stamp",
+			new:  func() logical.Dialect { return sharedZero{&tape{n: 14}, &tapeStamp{Pos: -1}} },
+			wants: [][]string{
+				{"contract broken", "ZeroStamp returned the same", "new stamp on each call"},
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -234,6 +387,14 @@ func TestConformanceCatchesBrokenDialects(t *testing.T) {
 	}
 }
 
+// sharedZero returns one stamp from every ZeroStamp call.
+type sharedZero struct {
+	*tape
+	zero *tapeStamp
+}
+
+func (d sharedZero) ZeroStamp() logical.Stamp { return d.zero }
+
 func TestConformanceConfiguration(t *testing.T) {
 	t.Run("NewDialect is required", func(t *testing.T) {
 		ft := runFake(logicaltest.Conformance{})
@@ -243,9 +404,9 @@ func TestConformanceConfiguration(t *testing.T) {
 		ft := runFake(logicaltest.Conformance{NewDialect: generator(1), Messages: -1})
 		assert.True(t, anyContains(ft.failures(), "Conformance.Messages", "must not be negative"))
 	})
-	t.Run("too few messages for two transactions", func(t *testing.T) {
-		ft := runFake(logicaltest.Conformance{NewDialect: generator(1), Messages: 1})
-		assert.True(t, anyContains(ft.failures(), "at least two"), "got %v", ft.failures())
+	t.Run("too few messages for three transactions", func(t *testing.T) {
+		ft := runFake(logicaltest.Conformance{NewDialect: generator(1), Messages: 2})
+		assert.True(t, anyContains(ft.failures(), "at least three"), "got %v", ft.failures())
 	})
 	t.Run("a source with fewer messages than asked for", func(t *testing.T) {
 		ft := runFake(logicaltest.Conformance{
@@ -254,5 +415,21 @@ func TestConformanceConfiguration(t *testing.T) {
 			Timeout:    300 * time.Millisecond,
 		})
 		assert.True(t, anyContains(ft.failures(), "sent only 5 of the 10 messages"), "got %v", ft.failures())
+	})
+	t.Run("a source too short fails every check that needs it", func(t *testing.T) {
+		// Each check that compares runs needs the Messages messages; none
+		// may wait out a timeout and pass without them.
+		ft := runFake(logicaltest.Conformance{
+			NewDialect: func(logicaltest.TB) logical.Dialect { return &tape{n: 5, returnAtEnd: true} },
+			Messages:   10,
+			Timeout:    300 * time.Millisecond,
+		})
+		short := 0
+		for _, f := range ft.failures() {
+			if strings.Contains(f, "returned (<nil>) after only 5 of the 10 messages the checks need") {
+				short++
+			}
+		}
+		assert.Equal(t, 6, short, "the six checks that read Messages messages each fail; got %v", ft.failures())
 	})
 }

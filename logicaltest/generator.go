@@ -23,7 +23,10 @@ type Message struct {
 // each table, and then sets the consistent point to the message. ReadInto
 // waits for a stop once all messages are sent; BackfillInto returns.
 //
-// It counts its calls and remembers which messages Process applied, for
+// Process is logical.Transactions over a decoder of these messages, unless
+// PerCommit asks for several messages per batch.
+//
+// It counts its calls and remembers which messages Process received, for
 // assertions. Set the fields before the loop starts.
 type Generator struct {
 	// N is the number of messages.
@@ -144,7 +147,10 @@ func (g *Generator) emit(ctx context.Context, ch chan<- logical.Message, state l
 	return nil
 }
 
-// Process implements logical.Dialect.
+// Process implements logical.Dialect. With PerCommit <= 1 each message is
+// one source transaction and Process is logical.Transactions over a
+// decoder; with PerCommit > 1 it is a hand-written Process that keeps a
+// batch open across messages.
 func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	g.process.Add(1)
 	defer g.processExits.Add(1)
@@ -156,7 +162,41 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 	if source == "" {
 		source = "generator"
 	}
-	per := max(g.PerCommit, 1)
+	if g.PerCommit > 1 {
+		return g.processGrouped(ctx, ch, events, tables, source)
+	}
+	data := make(map[logical.Table][]logical.Mutation, len(tables))
+	return logical.Transactions{
+		Decode: func(_ context.Context, msg logical.Message) (logical.Txn, error) {
+			m, ok := msg.(Message)
+			if !ok {
+				return logical.Txn{}, fmt.Errorf("logicaltest: the generator received a %T, want a logicaltest.Message", msg)
+			}
+			g.markSeen(m.Seq)
+			clear(data) // Transactions is done with the map of the last message
+			for _, t := range tables {
+				data[t] = []logical.Mutation{g.mutation(m, t)}
+			}
+			return logical.Txn{Stamp: &Stamp{Seq: m.Seq, Time: m.Time}, Data: data, Source: source}, nil
+		},
+		Reset: func() { g.rollbacks.Add(1) },
+	}.Process(ctx, ch, events)
+}
+
+// mutation is the row message m writes into table t.
+func (g *Generator) mutation(m Message, t logical.Table) logical.Mutation {
+	key := append(strconv.AppendInt(append(make([]byte, 0, 8), '['), int64(m.Seq), 10), ']')
+	return logical.Mutation{
+		Key:  key,
+		Data: json.RawMessage(fmt.Sprintf(`{"k":%d,"table":%q}`, m.Seq, t.Name)),
+		Time: m.Time,
+	}
+}
+
+// processGrouped is Process for PerCommit > 1: a batch holds PerCommit
+// messages, and the point is set once per batch.
+func (g *Generator) processGrouped(ctx context.Context, ch <-chan logical.Message, events logical.Events, tables []logical.Table, source string) error {
+	per := g.PerCommit
 	var batch logical.Batch
 	var last Message
 	pending := 0
@@ -221,7 +261,11 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 			}
 			continue
 		}
-		m := msg.(Message)
+		m, ok := msg.(Message)
+		if !ok {
+			return fail(fmt.Errorf("logicaltest: the generator received a %T, want a logicaltest.Message", msg))
+		}
+		g.markSeen(m.Seq)
 		// A restarted source sends again from the consistent point it saw,
 		// which may be behind what this side committed meanwhile: skip
 		// what is already done or already in the open batch.
@@ -235,17 +279,10 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 			}
 		}
 		for _, t := range tables {
-			mut := logical.Mutation{
-				Key:  json.RawMessage(strconv.Itoa(m.Seq)),
-				Data: json.RawMessage(fmt.Sprintf(`{"k":%d,"table":%q}`, m.Seq, t.Name)),
-				Time: m.Time,
-			}
-			mut.Key = append(append([]byte{'['}, mut.Key...), ']')
-			if err := batch.OnData(ctx, source, t, []logical.Mutation{mut}); err != nil {
+			if err := batch.OnData(ctx, source, t, []logical.Mutation{g.mutation(m, t)}); err != nil {
 				return fail(err)
 			}
 		}
-		g.markSeen(m.Seq)
 		last = m
 		pending++
 		if pending >= per || m.Seq == g.N-1 {
@@ -256,7 +293,7 @@ func (g *Generator) Process(ctx context.Context, ch <-chan logical.Message, even
 	}
 }
 
-// markSeen counts message seq. A slice indexed by the sequence number
+// markSeen counts message seq as received by Process. A slice indexed by the sequence number
 // keeps this bookkeeping cheap, so benchmarks measure the loop rather than
 // a growing map.
 func (g *Generator) markSeen(seq int) {
@@ -271,14 +308,17 @@ func (g *Generator) markSeen(seq int) {
 	g.seen[seq]++
 }
 
-// Seen returns how many distinct messages Process handled.
+// Seen returns how many distinct messages Process received. A message sent
+// again after a source restart, and skipped, is counted again by
+// SeenCount but not here.
 func (g *Generator) Seen() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.distinct
 }
 
-// SeenCount returns how often Process handled message seq.
+// SeenCount returns how often Process received message seq, including
+// repeats it skipped because they were at or before the consistent point.
 func (g *Generator) SeenCount(seq int) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -56,7 +56,7 @@ func TestConformance(t *testing.T) {
 			require.NoError(t, err)
 			return d
 		},
-		Messages: 20,
+		Messages: 30, // the kit needs at least three consistent points
 		Check: func(tb logicaltest.TB, target *logical.MemoryTarget) {
 			row, ok := target.Get(logical.Table{Schema: "conformance", Name: "items"}, `["0"]`)
 			if !ok {
