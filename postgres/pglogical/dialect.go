@@ -285,11 +285,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	for i, p := range d.cfg.Publications {
 		pubs[i] = quoteIdent(p)
 	}
-	if err := pglogrepl.StartReplication(startCtx, conn, quoteIdent(d.cfg.Slot), pglogrepl.LSN(start),
-		pglogrepl.StartReplicationOptions{PluginArgs: []string{
-			"proto_version '1'",
-			"publication_names " + quoteLiteral(strings.Join(pubs, ",")),
-		}}); err != nil {
+	if err := startSlot(startCtx, conn, d.cfg.Slot, start, pubs); err != nil {
 		if stopping() {
 			return nil
 		}
@@ -480,6 +476,37 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 
 // connect opens a replication connection to the source. Errors never
 // contain the connection string.
+// slotBusyWait is how long ReadInto keeps trying to start a slot that
+// another connection still holds (SQLSTATE 55006, object in use): the
+// walsender of this dialect's previous session needs a moment to exit
+// after its connection closed, and one left by a cut connection lasts until
+// the server notices. After that the error says who holds the slot.
+const slotBusyWait = 5 * time.Second
+
+// startSlot starts streaming slot from LSN start, retrying for
+// slotBusyWait while another connection holds the slot.
+func startSlot(ctx context.Context, conn *pgconn.PgConn, slot string, start uint64, pubs []string) error {
+	opts := pglogrepl.StartReplicationOptions{PluginArgs: []string{
+		"proto_version '1'",
+		"publication_names " + quoteLiteral(strings.Join(pubs, ",")),
+	}}
+	deadline := time.Now().Add(slotBusyWait)
+	for {
+		err := pglogrepl.StartReplication(ctx, conn, quoteIdent(slot), pglogrepl.LSN(start), opts)
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
+}
+
 func (d *Dialect) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(d.cfg.SourceConn)
 	if err != nil {
