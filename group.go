@@ -30,8 +30,10 @@ import (
 //
 // Loop.Stats counts a group as one commit: it counts target commits.
 //
-// The methods are called from Process's goroutine; they are safe for
-// concurrent use, but one grouped batch at a time may be open.
+// The methods are called from Process's goroutine. OnBeginGrouped and
+// CommitGroup are safe for concurrent use; a grouped batch, like any
+// Batch, is used from one goroutine at a time, and one grouped batch at a
+// time may be open (OnBegin or OnBeginGrouped fail while it is).
 type Grouper interface {
 	// OnBeginGrouped opens a batch like OnBegin, except that it may
 	// share the group of the grouped batches before it. Its OnCommit
@@ -114,9 +116,11 @@ func newGroupBatcher(inner Batcher, cfg *Config) *groupBatcher {
 // batch first, so that batches keep their order at the target.
 func (g *groupBatcher) OnBegin(ctx context.Context) (Batch, error) {
 	g.mu.Lock()
-	if g.current == nil {
-		_ = g.commitLocked(ctx) // the result went to the group's channels
+	if g.current != nil {
+		g.mu.Unlock()
+		return nil, errGroupBusy // a second target transaction beside the group's would wait on its locks
 	}
+	_ = g.commitLocked(ctx) // the result went to the group's channels
 	g.mu.Unlock()
 	return g.inner.OnBegin(ctx)
 }
@@ -179,7 +183,10 @@ func (g *groupBatcher) hold(ctx context.Context, source string, target Table, mu
 		g.order = append(g.order, h)
 	}
 	if h.muts == nil {
-		h.muts = muts // the batch owns muts: no copy needed
+		// The group owns muts now, but not the array beyond them: cap
+		// it, so that a later append copies instead of writing into
+		// what the caller may still use for other calls.
+		h.muts = muts[:len(muts):len(muts)]
 	} else {
 		h.muts = append(h.muts, muts...)
 	}

@@ -213,3 +213,41 @@ func TestGroupMaxValidated(t *testing.T) {
 	require.NoError(t, cfg.Preflight())
 	assert.Equal(t, DefaultGroupMax, cfg.GroupMax)
 }
+
+// A dialect may hand over adjacent parts of one slice in separate OnData
+// calls: the group must not append into the part it was given, which
+// would overwrite what the next call handed over.
+func TestGroupDoesNotWriteIntoTheCallersSlice(t *testing.T) {
+	ctx := context.Background()
+	g, target := newObservedGroup(100)
+	target.check = func() error { return nil }
+	b, err := g.OnBeginGrouped(ctx)
+	require.NoError(t, err)
+	all := make([]Mutation, 3)
+	for i := range all {
+		all[i] = Mutation{Key: json.RawMessage(fmt.Sprintf("[%d]", i+1)), Data: json.RawMessage(fmt.Sprintf(`{"id":%d}`, i+1))}
+	}
+	a, c := groupTables[0], groupTables[1]
+	require.NoError(t, b.OnData(ctx, "src", a, all[0:1]))
+	require.NoError(t, b.OnData(ctx, "src", c, all[1:2]))
+	require.NoError(t, b.OnData(ctx, "src", a, all[2:3]))
+	res := b.OnCommit(ctx)
+	require.NoError(t, g.CommitGroup(ctx))
+	require.NoError(t, <-res)
+	assert.Equal(t, []string{"[1]", "[3]"}, target.Keys(a))
+	assert.Equal(t, []string{"[2]"}, target.Keys(c), "the second table must keep its own row")
+}
+
+// A plain OnBegin while a grouped batch is open would start a second
+// target transaction beside the group's, which can wait on the group's
+// locks for good: it is refused.
+func TestGroupPlainOnBeginWhileGroupedBatchOpen(t *testing.T) {
+	ctx := context.Background()
+	g, _ := newObservedGroup(100)
+	b, err := g.OnBeginGrouped(ctx)
+	require.NoError(t, err)
+	sourceTxn(t, ctx, b, 1)
+	_, err = g.OnBegin(ctx)
+	require.ErrorIs(t, err, errGroupBusy)
+	require.NoError(t, b.OnRollback(ctx))
+}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -145,6 +146,11 @@ type Config struct {
 // with New.
 type Dialect struct {
 	cfg Config
+
+	// alone is the FinalLSN up to which source transactions are not
+	// grouped with earlier ones: set when a schema change met a group
+	// (see processor.quiesce), read by the next Process.
+	alone atomic.Uint64
 }
 
 var _ logical.Dialect = (*Dialect)(nil)

@@ -654,6 +654,13 @@ func (p *processor) openBatch(ctx context.Context) error {
 	}
 	var b logical.Batch
 	var err error
+	if p.grouper != nil && p.begin != nil && uint64(p.begin.FinalLSN) <= p.d.alone.Load() {
+		// A transaction that met a group in quiesce starts a group of
+		// its own this time.
+		if err := p.commitGroup(ctx); err != nil {
+			return err
+		}
+	}
 	if p.grouper != nil {
 		b, err = p.grouper.OnBeginGrouped(ctx)
 	} else {
@@ -709,6 +716,29 @@ var closedNil = func() <-chan error {
 	close(ch)
 	return ch
 }()
+
+// quiesce commits the open group before work outside the target
+// transaction (a snapshot copy, a schema change at the target, creating a
+// slot), so that the work neither waits on the group's locks nor moves the
+// point past transactions that are not durable yet. Between source
+// transactions, or before the open one wrote anything, it commits and
+// waits. When the open transaction's batch holds data and shares its group
+// with earlier transactions, it cannot commit part of it: it fails, and
+// the replay puts that transaction in a group of its own (Dialect.alone).
+func (p *processor) quiesce(ctx context.Context) error {
+	if p.batch == nil {
+		return p.commitGroup(ctx)
+	}
+	if len(p.inflight) == 0 {
+		return nil // the group holds only the open transaction
+	}
+	at := uint64(p.begin.FinalLSN)
+	if at > p.d.alone.Load() {
+		p.d.alone.Store(at)
+	}
+	return errors.Errorf("pglogical: the source transaction ending at %s needs the target outside its transaction "+
+		"(a schema change or a copy) while earlier transactions share its group; replaying it on its own", FormatLSN(at))
+}
 
 // commitGroup commits the open group, if there is one and no transaction
 // is open, and waits for the results.
@@ -822,6 +852,10 @@ func (p *processor) rollback(ctx context.Context) error {
 		}
 	}
 	p.inflight, p.heldKeepalive = nil, keepalive{}
+	// The progress rows of the rolled-back group are gone: what the
+	// target records is unknown now, and a lower value only costs a
+	// progress row of its own at the next point.
+	p.recorded = 0
 	return err
 }
 

@@ -110,6 +110,9 @@ func (g *snapGate) columns(ctx context.Context, p *processor, t *snapTable, m *p
 			recopy = true
 		case !at:
 			g.log.WithFields(logrus.Fields{"table": target.String(), "column": c.Name, "type": sc.Type}).Info("adding column")
+			if err := p.quiesce(ctx); err != nil { // ALTER TABLE waits for the group's locks
+				return err
+			}
 			if err := g.cfg.Store.AddColumn(ctx, target, c.Name, sc.Type); err != nil {
 				return err
 			}

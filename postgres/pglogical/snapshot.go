@@ -321,7 +321,7 @@ func (p *processor) snapshotGate(ctx context.Context, m logical.Message) (bool, 
 			return false, err
 		}
 	}
-	if g.cfg.PollEvery > 0 && time.Since(g.lastPoll) >= g.cfg.PollEvery {
+	if g.cfg.PollEvery > 0 && !p.inTx && time.Since(g.lastPoll) >= g.cfg.PollEvery {
 		if err := g.poll(ctx, p); err != nil {
 			return false, err
 		}
@@ -468,6 +468,11 @@ func (g *snapGate) poll(ctx context.Context, p *processor) error {
 	if len(todo) == 0 {
 		return nil
 	}
+	// Creating the round's slot waits for running transactions, the
+	// group's too when the target shares the source's cluster.
+	if err := p.quiesce(ctx); err != nil {
+		return err
+	}
 	return g.startRound(ctx, conn, todo)
 }
 
@@ -599,6 +604,9 @@ func (g *snapGate) plan(ctx context.Context, conn *pgx.Conn, t *snapTable) error
 // copyRound copies the tables of the round at its snapshot; the stream is
 // at the round's position.
 func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
+	if err := p.quiesce(ctx); err != nil { // nothing uncommitted behind the point
+		return err
+	}
 	r := g.round
 	if p.committed < r.at {
 		p.committed = r.at
