@@ -51,7 +51,9 @@ func (e *fkBatcher) OnBegin(ctx context.Context) (Batch, error) {
 	return &fkBatch{inner: b, order: e.order}, nil
 }
 
-// fkBatch keeps, per table and key, only the last mutation held back.
+// fkBatch keeps, per table and key, only the last mutation held back (in
+// the place of its last occurrence); mutations with a prior image (Before)
+// are kept in sequence instead, since they depend on the rows before them.
 type fkBatch struct {
 	inner Batch
 	order *fkOrder
@@ -120,10 +122,14 @@ func (b *fkBatch) hold(t Table, m Mutation) {
 		b.held[t] = h
 	}
 	key := fkKey(m.Key)
-	if i, ok := h.index[key]; ok {
-		h.muts[i] = m
-		return
+	if i, ok := h.index[key]; ok && h.muts[i].Before == nil && m.Before == nil {
+		// m supersedes the held mutation, and takes the last place: a
+		// mutation held in between may depend on the key's earlier state
+		// (a key moved away from it by an update carrying Before).
+		h.muts[i] = Mutation{} // no Key: skipped at commit
 	}
+	// A mutation with a prior image (a key move, a row matched by its old
+	// values) is not folded: both it and what follows are written, in order.
 	h.index[key] = len(h.muts)
 	h.muts = append(h.muts, m)
 }

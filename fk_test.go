@@ -20,10 +20,19 @@ var (
 // Recorder holding parent <- child <- grand.
 func fkBatcher(t *testing.T) (logical.Batcher, *logicaltest.Recorder) {
 	t.Helper()
+	return fkBatcherShards(t, 0)
+}
+
+// fkBatcherShards is fkBatcher with Config.FanShards set to shards (0:
+// the default); with one shard the target sees the order the FK
+// decorator hands over across keys too.
+func fkBatcherShards(t *testing.T, shards int) (logical.Batcher, *logicaltest.Recorder) {
+	t.Helper()
 	r := logicaltest.NewRecorder()
 	r.Chain(fkParent, fkChild, fkGrand)
 	cfg := fastConfig(t, r)
 	cfg.ForeignKeys = true
+	cfg.FanShards = shards
 	return immediateBatcher(t, cfg), r
 }
 
@@ -84,6 +93,25 @@ func TestForeignKeyOrdering(t *testing.T) {
 		assert.Equal(t, []string{"grand -[1]"}, describe(filter(r.Writes(), fkGrand)), "only the final delete of grand")
 		assert.True(t, r.Has(fkParent, `[2]`), "the later upsert of parent [2] wins")
 		assert.NotContains(t, describe(r.Writes()), "parent -[2]")
+		assert.Empty(t, r.Violations())
+	})
+
+	t.Run("a key move and the key's reuse keep their order", func(t *testing.T) {
+		b, r := fkBatcherShards(t, 1)
+		move := upsert(`[2]`, `{"id":2}`)
+		move.Before = []byte(`{"id":1}`) // the row moved from key 1 to key 2
+		require.NoError(t, fkApply(ctx, b,
+			fkWrite{fkParent, upsert(`[1]`, `{}`)},
+			fkWrite{fkParent, upsert(`[2]`, `{}`)},
+			fkWrite{fkChild, upsert(`[1]`, `{"id":1}`)},
+			fkWrite{fkChild, move},
+			fkWrite{fkChild, upsert(`[1]`, `{"id":1,"new":true}`)},
+			fkWrite{fkChild, upsert(`[2]`, `{"id":2,"v":3}`)},
+		))
+		// The new row of key 1 must come after the move away from key 1
+		// (else the move would take it along), and the move is not
+		// folded into the later update of key 2.
+		assert.Equal(t, []string{"child [2]", "child [1]", "child [2]"}, describe(filter(r.Writes(), fkChild)))
 		assert.Empty(t, r.Violations())
 	})
 
