@@ -1,0 +1,149 @@
+package pgstore
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/logical-go/logical"
+	"github.com/pkg/errors"
+)
+
+// Folding the mutations of a call per key and writing them in a few
+// multi-row statements (applyRows) loses their order, and PostgreSQL
+// checks a unique constraint other than the key (or an exclusion
+// constraint), unless it is deferrable, row by row as a statement writes:
+// a source that swaps the values of such a column between two rows in
+// three steps (A: u = tmp; B: u = a; A: u = b) is written as A: u = b,
+// B: u = a, which fails. When a statement of a segment of more than one
+// mutation fails so, the segment is written again one statement per
+// mutation in the source's order, as the source did: outside a
+// transaction in a transaction of its own, in one by replaying the
+// transaction from its statement log with the segment's statements
+// replaced. A violation that remains is a real one (the target has a
+// constraint the source lacks) and fails with the constraint and the
+// values. Should the log be too large to replay, the transaction fails
+// and the Target writes the table one mutation per statement until a
+// transaction that did so commits.
+
+// segment is the mutations of one applyRows call of more than one
+// mutation, kept so that they can be written again one by one.
+type segment struct {
+	info *tableInfo
+	muts []logical.Mutation // nil if the transaction's log was full
+	// replaced is set once the mutations were written one by one; the
+	// segment's statements still to come are then skipped.
+	replaced bool
+}
+
+// segmentExec is an execer that marks each statement with the segment
+// that wrote it.
+type segmentExec struct {
+	execer
+	seg *segment
+}
+
+func (s segmentExec) exec(ctx context.Context, st stmt, sql string, args ...any) error {
+	st.seg = s.seg
+	return s.execer.exec(ctx, st, sql, args...)
+}
+
+// insertMeta is the Meta of a kept copy of a mutation marked MetaInsert;
+// it is never written to.
+var insertMeta = map[string]any{MetaInsert: true}
+
+// keep implements execer: the mutations stay the caller's after Apply, so
+// a transaction keeps a copy of them, counted in its log, while the log
+// is not full.
+func (x *targetTx) keep(muts []logical.Mutation) []logical.Mutation {
+	if x.logFull {
+		return nil
+	}
+	size := 0
+	for i := range muts {
+		size += len(muts[i].Before) + len(muts[i].Data) + len(muts[i].Key)
+	}
+	if x.logBytes += size; x.logBytes > replayBytes {
+		x.log, x.logFull = nil, true
+		return nil
+	}
+	buf := make([]byte, 0, size)
+	clone := func(b []byte) []byte {
+		if b == nil {
+			return nil
+		}
+		start := len(buf)
+		buf = append(buf, b...)
+		return buf[start:len(buf):len(buf)]
+	}
+	out := make([]logical.Mutation, len(muts))
+	for i := range muts {
+		m := &muts[i]
+		out[i] = logical.Mutation{Before: clone(m.Before), Data: clone(m.Data), Key: clone(m.Key), Time: m.Time}
+		if insert, _ := m.Meta[MetaInsert].(bool); insert {
+			out[i].Meta = insertMeta
+		}
+	}
+	return out
+}
+
+// keep implements execer: outside a transaction the segment is written
+// again, if at all, during the call.
+func (poolExec) keep(muts []logical.Mutation) []logical.Mutation { return muts }
+
+// recorder is an execer that only collects the statements.
+type recorder struct{ stmts []loggedStmt }
+
+func (r *recorder) exec(_ context.Context, st stmt, sql string, args ...any) error {
+	r.stmts = append(r.stmts, loggedStmt{st: st, sql: sql, args: args})
+	return nil
+}
+
+func (*recorder) keep([]logical.Mutation) []logical.Mutation { return nil }
+
+// isOrderViolation reports whether err, the failure of statement st, is a
+// unique or exclusion violation that writing st's segment one mutation
+// per statement may avoid.
+func isOrderViolation(st stmt, err error) bool {
+	var pgErr *pgconn.PgError
+	return st.seg != nil && !st.seg.replaced && errors.As(err, &pgErr) &&
+		(pgErr.Code == "23505" || pgErr.Code == "23P01")
+}
+
+// oneByOne writes the mutations of seg one statement per mutation, in
+// order, through q.
+func (t *Target) oneByOne(ctx context.Context, q execer, seg *segment) error {
+	for i := range seg.muts {
+		if err := t.applyRows(ctx, q, seg.info, seg.muts[i:i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oneByOneTx writes the mutations of seg one statement per mutation in a
+// transaction of their own; outside a transaction, the statements of the
+// segment that ran before the failing one are written again.
+func (t *Target) oneByOneTx(ctx context.Context, seg *segment) error {
+	tx, err := t.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	x := tx.(*targetTx)
+	if err := t.oneByOne(ctx, x, seg); err != nil {
+		_ = x.Rollback(ctx)
+		return err
+	}
+	return x.Commit(ctx)
+}
+
+// setRowByRow makes the Target write table one mutation per statement
+// (on) or again in folded statements (off).
+func (t *Target) setRowByRow(table logical.Table, on bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if on {
+		t.rowByRow[table] = true
+	} else {
+		delete(t.rowByRow, table)
+	}
+}
