@@ -201,7 +201,7 @@ func (p poolExec) exec(ctx context.Context, st stmt, sql string, args ...any) er
 	}
 	if err != nil && isOrderViolation(st, err) {
 		st.seg.replaced = true
-		return p.target.oneByOneTx(ctx, st.seg)
+		return p.target.apart(ctx, st.seg)
 	}
 	if err != nil {
 		return p.target.failed(st, err)

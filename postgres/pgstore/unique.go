@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/logical-go/logical"
@@ -16,10 +17,10 @@ import (
 // three steps (A: u = tmp; B: u = a; A: u = b) is written as A: u = b,
 // B: u = a, which fails. When a statement of a segment of more than one
 // mutation fails so, the segment is written again one statement per
-// mutation in the source's order, as the source did: outside a
-// transaction in a transaction of its own, in one by replaying the
-// transaction from its statement log with the segment's statements
-// replaced. A violation that remains is a real one (the target has a
+// mutation in the source's order, as the source did: in a transaction by
+// replaying the transaction from its statement log with the segment's
+// statements replaced; outside one (fan mode) each statement on its own,
+// see apart. A violation that remains is a real one (the target has a
 // constraint the source lacks) and fails with the constraint and the
 // values. Should the log be too large to replay, the transaction fails
 // and the Target writes the table one mutation per statement until a
@@ -120,20 +121,43 @@ func (t *Target) oneByOne(ctx context.Context, q execer, seg *segment) error {
 	return nil
 }
 
-// oneByOneTx writes the mutations of seg one statement per mutation in a
-// transaction of their own; outside a transaction, the statements of the
-// segment that ran before the failing one are written again.
-func (t *Target) oneByOneTx(ctx context.Context, seg *segment) error {
-	tx, err := t.Begin(ctx)
-	if err != nil {
-		return err
+// orderWait bounds how long a statement outside a transaction that
+// violates a unique or exclusion constraint is tried again, see apart.
+const orderWait = 2 * time.Second
+
+// apart writes the mutations of seg one statement per mutation, each
+// committed on its own (fan mode: outside a transaction, the segment's
+// statements that ran before the failing one are written again). Fan
+// workers apply other keys concurrently and keep only the order of each
+// key's mutations, so a value this segment takes may still be held by a
+// row whose mutation another worker is about to apply: a mutation that
+// violates a unique or exclusion constraint is tried again, with a short
+// growing pause, for up to orderWait before its error is returned.
+func (t *Target) apart(ctx context.Context, seg *segment) error {
+	for i := range seg.muts {
+		deadline := time.Now().Add(orderWait)
+		pause := 5 * time.Millisecond
+		for {
+			err := t.applyRows(ctx, poolExec{t}, seg.info, seg.muts[i:i+1])
+			var pgErr *pgconn.PgError
+			if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" && pgErr.Code != "23P01" ||
+				time.Now().Add(pause).After(deadline) {
+				if err != nil {
+					return err
+				}
+				break
+			}
+			timer := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return err
+			case <-timer.C:
+			}
+			pause = min(2*pause, 200*time.Millisecond)
+		}
 	}
-	x := tx.(*targetTx)
-	if err := t.oneByOne(ctx, x, seg); err != nil {
-		_ = x.Rollback(ctx)
-		return err
-	}
-	return x.Commit(ctx)
+	return nil
 }
 
 // setRowByRow makes the Target write table one mutation per statement

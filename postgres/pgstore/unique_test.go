@@ -32,7 +32,9 @@ func uRow(id int, u string, fresh bool) logical.Mutation {
 // per key into one statement they violate the unique constraint; the
 // Target writes them again one statement per mutation. A violation that
 // the order cannot explain (the target has a unique constraint the source
-// lacks) still fails, naming the constraint and the values.
+// lacks) still fails, naming the constraint and the values (outside a
+// transaction after trying for a while, as another fan worker might be
+// about to free the value).
 func TestTargetUniqueSwap(t *testing.T) {
 	for _, mode := range applyModes {
 		t.Run(mode.name, func(t *testing.T) {
@@ -57,7 +59,9 @@ func TestTargetUniqueSwap(t *testing.T) {
 			require.Error(t, err)
 			assert.ErrorContains(t, err, "s_u_key")
 			assert.ErrorContains(t, err, "(u)=(q)")
-			assert.Equal(t, []string{"1=b", "2=a", "3=z", "4=p", "5=x"}, uniqueRows(t, db), "nothing of the failed call stays")
+			if mode.name == "transaction" {
+				assert.Equal(t, []string{"1=b", "2=a", "3=z", "4=p", "5=x"}, uniqueRows(t, db), "nothing of the failed transaction stays")
+			}
 		})
 	}
 }
