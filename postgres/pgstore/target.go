@@ -129,9 +129,10 @@ type tableInfo struct {
 // a transaction (targetTx).
 type execer interface {
 	exec(ctx context.Context, st stmt, sql string, args ...any) error
-	// keep returns muts, or a copy that outlives the call, for writing
-	// them again one by one (see unique.go); nil if it cannot keep them.
-	keep(muts []logical.Mutation) []logical.Mutation
+	// keep returns a copy of muts that outlives the call, for writing
+	// them again one by one (see unique.go); nil if the execer needs none
+	// (it writes them again during the call) or cannot keep them.
+	keep(muts []logical.Mutation) *keptMuts
 }
 
 // stmt describes a statement for errors.
@@ -352,7 +353,7 @@ func (x *targetTx) collect() error {
 				return x.replay(true)
 			}
 			if isOrderViolation(what, e) {
-				if what.seg.muts != nil && !x.logFull {
+				if what.seg.kept != nil && !x.logFull {
 					what.seg.replaced = true
 					_ = br.Close()
 					return x.replay(false)
@@ -576,7 +577,11 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 			}
 			return t.oneByOne(ctx, q, &segment{info: info, muts: muts})
 		}
-		q = segmentExec{execer: q, seg: &segment{info: info, muts: q.keep(muts)}}
+		seg := &segment{info: info, kept: q.keep(muts)}
+		if seg.kept == nil {
+			seg.muts = muts // outside a transaction, or not replayable
+		}
+		q = segmentExec{execer: q, seg: seg}
 	}
 	var order []*rowState // in order of first appearance
 	states := make(map[string]*rowState, len(muts))

@@ -2,6 +2,8 @@ package pgstore
 
 import (
 	"context"
+	"encoding/json"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -30,10 +32,49 @@ import (
 // mutation, kept so that they can be written again one by one.
 type segment struct {
 	info *tableInfo
-	muts []logical.Mutation // nil if the transaction's log was full
+	muts []logical.Mutation // outside a transaction: the caller's
+	kept *keptMuts          // in a transaction: a copy; nil if its log was full
 	// replaced is set once the mutations were written one by one; the
 	// segment's statements still to come are then skipped.
 	replaced bool
+}
+
+// mutations returns the segment's mutations, or nil if they were not
+// kept.
+func (s *segment) mutations() []logical.Mutation {
+	if s.kept != nil {
+		return s.kept.mutations()
+	}
+	return s.muts
+}
+
+// keptMuts is a compact copy of mutations: their Before, Data and Key
+// one after the other in buf, and where each ends.
+type keptMuts struct {
+	buf    []byte
+	ends   []uint32 // three per mutation: the ends of Before, Data and Key in buf
+	insert []bool   // marked MetaInsert
+}
+
+// mutations rebuilds the mutations; their byte slices alias k.buf.
+func (k *keptMuts) mutations() []logical.Mutation {
+	out := make([]logical.Mutation, len(k.insert))
+	start := uint32(0)
+	part := func(end uint32) json.RawMessage {
+		b := k.buf[start:end:end]
+		start = end
+		if len(b) == 0 {
+			return nil
+		}
+		return b
+	}
+	for i := range out {
+		out[i] = logical.Mutation{Before: part(k.ends[3*i]), Data: part(k.ends[3*i+1]), Key: part(k.ends[3*i+2])}
+		if k.insert[i] {
+			out[i].Meta = insertMeta
+		}
+	}
+	return out
 }
 
 // segmentExec is an execer that marks each statement with the segment
@@ -53,9 +94,9 @@ func (s segmentExec) exec(ctx context.Context, st stmt, sql string, args ...any)
 var insertMeta = map[string]any{MetaInsert: true}
 
 // keep implements execer: the mutations stay the caller's after Apply, so
-// a transaction keeps a copy of them, counted in its log, while the log
-// is not full.
-func (x *targetTx) keep(muts []logical.Mutation) []logical.Mutation {
+// a transaction keeps a compact copy of them, counted in its log, while
+// the log is not full.
+func (x *targetTx) keep(muts []logical.Mutation) *keptMuts {
 	if x.logFull {
 		return nil
 	}
@@ -63,33 +104,27 @@ func (x *targetTx) keep(muts []logical.Mutation) []logical.Mutation {
 	for i := range muts {
 		size += len(muts[i].Before) + len(muts[i].Data) + len(muts[i].Key)
 	}
-	if x.logBytes += size; x.logBytes > replayBytes {
+	if x.logBytes += size; x.logBytes > replayBytes || size > math.MaxUint32 {
 		x.log, x.logFull = nil, true
 		return nil
 	}
-	buf := make([]byte, 0, size)
-	clone := func(b []byte) []byte {
-		if b == nil {
-			return nil
-		}
-		start := len(buf)
-		buf = append(buf, b...)
-		return buf[start:len(buf):len(buf)]
-	}
-	out := make([]logical.Mutation, len(muts))
+	k := &keptMuts{buf: make([]byte, 0, size), ends: make([]uint32, 0, 3*len(muts)), insert: make([]bool, len(muts))}
 	for i := range muts {
 		m := &muts[i]
-		out[i] = logical.Mutation{Before: clone(m.Before), Data: clone(m.Data), Key: clone(m.Key), Time: m.Time}
-		if insert, _ := m.Meta[MetaInsert].(bool); insert {
-			out[i].Meta = insertMeta
-		}
+		k.buf = append(k.buf, m.Before...)
+		k.ends = append(k.ends, uint32(len(k.buf)))
+		k.buf = append(k.buf, m.Data...)
+		k.ends = append(k.ends, uint32(len(k.buf)))
+		k.buf = append(k.buf, m.Key...)
+		k.ends = append(k.ends, uint32(len(k.buf)))
+		k.insert[i], _ = m.Meta[MetaInsert].(bool)
 	}
-	return out
+	return k
 }
 
 // keep implements execer: outside a transaction the segment is written
-// again, if at all, during the call.
-func (poolExec) keep(muts []logical.Mutation) []logical.Mutation { return muts }
+// again, if at all, during the call, from the caller's mutations.
+func (poolExec) keep([]logical.Mutation) *keptMuts { return nil }
 
 // recorder is an execer that only collects the statements.
 type recorder struct{ stmts []loggedStmt }
@@ -99,7 +134,7 @@ func (r *recorder) exec(_ context.Context, st stmt, sql string, args ...any) err
 	return nil
 }
 
-func (*recorder) keep([]logical.Mutation) []logical.Mutation { return nil }
+func (*recorder) keep([]logical.Mutation) *keptMuts { return nil }
 
 // isOrderViolation reports whether err, the failure of statement st, is a
 // unique or exclusion violation that writing st's segment one mutation
@@ -113,8 +148,9 @@ func isOrderViolation(st stmt, err error) bool {
 // oneByOne writes the mutations of seg one statement per mutation, in
 // order, through q.
 func (t *Target) oneByOne(ctx context.Context, q execer, seg *segment) error {
-	for i := range seg.muts {
-		if err := t.applyRows(ctx, q, seg.info, seg.muts[i:i+1]); err != nil {
+	muts := seg.mutations()
+	for i := range muts {
+		if err := t.applyRows(ctx, q, seg.info, muts[i:i+1]); err != nil {
 			return err
 		}
 	}
@@ -134,11 +170,12 @@ const orderWait = 2 * time.Second
 // violates a unique or exclusion constraint is tried again, with a short
 // growing pause, for up to orderWait before its error is returned.
 func (t *Target) apart(ctx context.Context, seg *segment) error {
-	for i := range seg.muts {
+	muts := seg.mutations()
+	for i := range muts {
 		deadline := time.Now().Add(orderWait)
 		pause := 5 * time.Millisecond
 		for {
-			err := t.applyRows(ctx, poolExec{t}, seg.info, seg.muts[i:i+1])
+			err := t.applyRows(ctx, poolExec{t}, seg.info, muts[i:i+1])
 			var pgErr *pgconn.PgError
 			if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "23505" && pgErr.Code != "23P01" ||
 				time.Now().Add(pause).After(deadline) {
