@@ -57,7 +57,11 @@ const (
 // of arrays taken apart with ->>, so that the database casts the same text
 // either way.
 //
-// Only the last mutation of a key within one call counts; an upsert whose
+// Only the last mutation of a key within one call counts (should the
+// folded statements violate a unique or exclusion constraint other than
+// the key, as a swap of unique values does, the call's mutations are
+// written again one statement per mutation in their order, see
+// unique.go); an upsert whose
 // row lacks some columns (PostgreSQL's unchanged TOAST values) updates only
 // the columns it has, so the target keeps the others. Mutation.Key holds the
 // key values in the table's column order. The key is the primary key, or
