@@ -57,7 +57,11 @@ const (
 // of arrays taken apart with ->>, so that the database casts the same text
 // either way.
 //
-// Only the last mutation of a key within one call counts; an upsert whose
+// Only the last mutation of a key within one call counts (should the
+// folded statements violate a unique or exclusion constraint other than
+// the key, as a swap of unique values does, the call's mutations are
+// written again one statement per mutation in their order, see
+// unique.go); an upsert whose
 // row lacks some columns (PostgreSQL's unchanged TOAST values) updates only
 // the columns it has, so the target keeps the others. Mutation.Key holds the
 // key values in the table's column order. The key is the primary key, or
@@ -77,6 +81,7 @@ type Target struct {
 	tables     map[logical.Table]*tableInfo
 	loading    map[logical.Table]*infoCall // catalog queries in progress
 	upsertOnly map[logical.Table]bool      // a plain insert met an existing row
+	rowByRow   map[logical.Table]bool      // written one mutation per statement, see unique.go
 }
 
 var (
@@ -92,6 +97,7 @@ func NewTarget(pool *pgxpool.Pool) *Target {
 		tables:     make(map[logical.Table]*tableInfo),
 		loading:    make(map[logical.Table]*infoCall),
 		upsertOnly: make(map[logical.Table]bool),
+		rowByRow:   make(map[logical.Table]bool),
 	}
 }
 
@@ -127,6 +133,10 @@ type tableInfo struct {
 // a transaction (targetTx).
 type execer interface {
 	exec(ctx context.Context, st stmt, sql string, args ...any) error
+	// keep returns a copy of muts that outlives the call, for writing
+	// them again one by one (see unique.go); nil if the execer needs none
+	// (it writes them again during the call) or cannot keep them.
+	keep(muts []logical.Mutation) *keptMuts
 }
 
 // stmt describes a statement for errors.
@@ -140,6 +150,7 @@ type stmt struct {
 	plainInsert bool
 	upsert      string
 	diag        *diagnosis // for finding the value of a data error
+	seg         *segment   // the mutations written, if more than one
 }
 
 // isUniqueViolation reports whether err is a unique violation (23505).
@@ -173,6 +184,11 @@ func (t *Target) failed(st stmt, err error) error {
 			return errors.Wrap(d, "pgstore: "+st.what)
 		}
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "23P01") {
+		// The constraint and the values that collide.
+		return errors.Wrapf(err, "pgstore: %s: constraint %q: %s", st.what, pgErr.ConstraintName, pgErr.Detail)
+	}
 	return errors.Wrap(err, "pgstore: "+st.what)
 }
 
@@ -180,10 +196,17 @@ func (t *Target) failed(st stmt, err error) error {
 type poolExec struct{ target *Target }
 
 func (p poolExec) exec(ctx context.Context, st stmt, sql string, args ...any) error {
+	if st.seg != nil && st.seg.replaced {
+		return nil
+	}
 	_, err := p.target.pool.Exec(ctx, sql, args...)
 	if err != nil && p.target.conflicted(st, err) {
 		// A replayed insert: the row is there already.
 		_, err = p.target.pool.Exec(ctx, st.upsert, args...)
+	}
+	if err != nil && isOrderViolation(st, err) {
+		st.seg.replaced = true
+		return p.target.apart(ctx, st.seg)
 	}
 	if err != nil {
 		return p.target.failed(st, err)
@@ -241,6 +264,8 @@ type targetTx struct {
 	logFull    bool
 	committing bool // COMMIT is queued or sent
 
+	byRow []logical.Table // tables written one mutation per statement (Target.rowByRow)
+
 	err error // the first failure
 }
 
@@ -261,6 +286,9 @@ func (x *targetTx) exec(ctx context.Context, st stmt, sql string, args ...any) e
 	}
 	if x.err != nil {
 		return x.err
+	}
+	if st.seg != nil && st.seg.replaced {
+		return nil // written one by one after a statement before this one failed
 	}
 	x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
 	size := x.queue(st, sql, args...)
@@ -326,7 +354,17 @@ func (x *targetTx) collect() error {
 		if _, e := br.Exec(); e != nil {
 			if x.target.conflicted(what, e) && !x.logFull {
 				_ = br.Close()
-				return x.replay()
+				return x.replay(true)
+			}
+			if isOrderViolation(what, e) {
+				if what.seg.kept != nil && !x.logFull {
+					what.seg.replaced = true
+					_ = br.Close()
+					return x.replay(false)
+				}
+				// Too large to replay: the retry writes the table one
+				// mutation per statement.
+				x.target.setRowByRow(what.info.table, true)
 			}
 			err = x.target.failed(what, e)
 			break
@@ -342,19 +380,40 @@ func (x *targetTx) collect() error {
 }
 
 // replay rolls the transaction back and runs it again from the log, with
-// every plain insert as an upsert, and with the COMMIT if it was sent.
-func (x *targetTx) replay() error {
+// the statements of each replaced segment as one statement per mutation,
+// with every plain insert as an upsert if upserts is set, and with the
+// COMMIT if it was sent.
+func (x *targetTx) replay(upserts bool) error {
 	ctx := x.ctx
 	if _, err := x.conn.Exec(ctx, "ROLLBACK"); err != nil {
-		x.err = errors.Wrap(err, "pgstore: rolling back the target transaction to replay it with upserts")
+		x.err = errors.Wrap(err, "pgstore: rolling back the target transaction to replay it")
 		return x.err
 	}
+	var log []loggedStmt
+	var written *segment // the replaced segment last written one by one
+	for _, l := range x.log {
+		seg := l.st.seg
+		switch {
+		case seg == nil || !seg.replaced:
+			log = append(log, l)
+		case seg != written:
+			// The segment's first statement: write its mutations instead.
+			written = seg
+			var rec recorder
+			if err := x.target.oneByOne(ctx, &rec, seg); err != nil {
+				x.err = err
+				return x.err
+			}
+			log = append(log, rec.stmts...)
+		}
+	}
+	x.log = log
 	var batch pgx.Batch
 	whats := []stmt{{what: "beginning the target transaction"}}
 	batch.Queue("BEGIN")
 	for i := range x.log {
 		l := &x.log[i]
-		if l.st.plainInsert {
+		if upserts && l.st.plainInsert {
 			l.sql, l.st.plainInsert = l.st.upsert, false
 			l.st.what = strings.Replace(l.st.what, "inserting", "upserting", 1)
 		}
@@ -396,6 +455,9 @@ func (x *targetTx) Commit(ctx context.Context) error {
 		return x.err
 	}
 	x.end(ctx)
+	for _, table := range x.byRow {
+		x.target.setRowByRow(table, false)
+	}
 	return nil
 }
 
@@ -509,6 +571,22 @@ func (t *Target) applySegment(ctx context.Context, q execer, info *tableInfo, mu
 // applyRows is applySegment with the catalog information info; it sends
 // nothing if a row has a column info lacks (unknownColumnError).
 func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts []logical.Mutation) error {
+	if len(muts) > 1 {
+		t.mu.RLock()
+		byRow := t.rowByRow[info.table]
+		t.mu.RUnlock()
+		if byRow {
+			if x, ok := q.(*targetTx); ok {
+				x.byRow = append(x.byRow, info.table)
+			}
+			return t.oneByOne(ctx, q, &segment{info: info, muts: muts})
+		}
+		seg := &segment{info: info, kept: q.keep(muts)}
+		if seg.kept == nil {
+			seg.muts = muts // outside a transaction, or not replayable
+		}
+		q = segmentExec{execer: q, seg: seg}
+	}
 	var order []*rowState // in order of first appearance
 	states := make(map[string]*rowState, len(muts))
 	var inserts []row // tables without a primary key
