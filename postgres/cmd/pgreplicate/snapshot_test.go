@@ -207,7 +207,11 @@ func TestSnapshot(t *testing.T) {
 		flags []string
 	}{
 		{"serial", nil},
-		{"immediate", []string{"--immediate"}},
+		// The writer swaps UNIQUE values across transactions; fan workers
+		// keep only each key's order, so with several of them two rows of
+		// a swap can each wait for the other (a documented limit of
+		// --immediate): one worker keeps the source's order.
+		{"immediate", []string{"--immediate", "--fanShards", "1"}},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			n := snapshotRows(t)
@@ -248,7 +252,9 @@ func TestSnapshotKillsCreate(t *testing.T) { snapshotKills(t, 3, true) }
 // table (--immediate): there the persisted point alone says what the
 // target has, so a copy must never start while transactions before its
 // position are still in an uncommitted group.
-func TestSnapshotKillsImmediate(t *testing.T) { snapshotKills(t, 3, false, "--immediate") }
+func TestSnapshotKillsImmediate(t *testing.T) {
+	snapshotKills(t, 3, false, "--immediate", "--fanShards", "1") // one worker: see TestSnapshot
+}
 
 func snapshotKills(t *testing.T, kills int, create bool, flags ...string) {
 	n := snapshotRows(t)
@@ -260,7 +266,11 @@ func snapshotKills(t *testing.T, kills int, create bool, flags ...string) {
 	}
 	w := startWriter(t, r, n)
 	for i := range kills {
-		before, _ := chunksDone(t, r)
+		before, all := chunksDone(t, r)
+		if all > 0 && before == all {
+			t.Logf("the snapshot finished after %d kills", i)
+			break // no chunk is left for a kill to interrupt
+		}
 		p := startProcess(t, "pgreplicate", snapshotArgs(r, n, extra...))
 		pgtest.Eventually(t, 3*time.Minute, "a chunk before a kill", func() bool {
 			done, _ := chunksDone(t, r)
