@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/logical-go/logical/postgres/internal/pgtest"
 	"github.com/logical-go/logical/postgres/pgstore"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -70,23 +69,7 @@ func TestCrashGroupedBacklog(t *testing.T) {
 		<-readerDone
 	}()
 
-	applied := func() string {
-		return query(t, r.dst, `SELECT coalesce((SELECT lsn::text FROM _logical.progress WHERE key = $1), '0/0')`, r.slot)
-	}
-	const kills = 3
-	last := "0/0"
-	for i := range kills {
-		p := startProcess(t, "pgreplicate", r.args())
-		pgtest.Eventually(t, 2*time.Minute, "progress before a kill", func() bool {
-			return query(t, r.dst, `SELECT ($1::pg_lsn < coalesce((SELECT lsn FROM _logical.progress WHERE key = $2), '0/0'))::text`,
-				last, r.slot) == "true"
-		})
-		p.kill(t)
-		last = applied()
-		assert.NotEqual(t, "false", query(t, r.dst, pointVsApplied, r.slot),
-			"kill %d: the persisted point is ahead of the applied data", i+1)
-		t.Logf("kill %d: applied up to %s", i+1, last)
-	}
+	killAfterProgress(t, r, 3)
 	p := startProcess(t, "pgreplicate", r.args())
 	got := waitEqual(t, r, 3*time.Minute, pgbenchSummary)
 	t.Logf("caught up: %s", got)

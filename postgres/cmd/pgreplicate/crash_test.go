@@ -48,25 +48,7 @@ func TestCrash(t *testing.T) {
 		<-loadDone
 	})
 
-	applied := func() string {
-		return query(t, r.dst, `SELECT coalesce((SELECT lsn::text FROM _logical.progress WHERE key = $1), '0/0')`, r.slot)
-	}
-	const kills = 4
-	last := "0/0"
-	for i := range kills {
-		p := startProcess(t, "pgreplicate", r.args())
-		// Let it apply something new, then kill it mid-stream.
-		pgtest.Eventually(t, 2*time.Minute, "progress before a kill", func() bool {
-			return query(t, r.dst, `SELECT ($1::pg_lsn < coalesce((SELECT lsn FROM _logical.progress WHERE key = $2), '0/0'))::text`,
-				last, r.slot) == "true"
-		})
-		p.kill(t)
-		last = applied()
-		ok := query(t, r.dst, pointVsApplied, r.slot)
-		assert.NotEqual(t, "false", ok, "kill %d: the persisted point is ahead of the applied data", i+1)
-		t.Logf("kill %d: applied up to %s, point %s", i+1, last,
-			query(t, r.dst, `SELECT convert_from(value, 'UTF8') FROM _logical.memo WHERE key = $1`, r.slot))
-	}
+	killAfterProgress(t, r, 4)
 	select {
 	case <-loadDone:
 		require.NoError(t, loadErr, "pgbench")
@@ -178,4 +160,26 @@ func TestFailover(t *testing.T) {
 	got := waitEqual(t, r, 2*time.Minute, `SELECT count(*) || ' ' || md5(coalesce(string_agg(kv::text, ',' ORDER BY k), '')) FROM kv`)
 	t.Logf("%d rows written, target: %s", n, got)
 	assert.Equal(t, 0, procs[standby].terminate(t))
+}
+
+// killAfterProgress starts pgreplicate kills times, each time lets it
+// record new progress in the target and kills it with SIGKILL, checking
+// after each kill that the persisted point is not ahead of the applied data.
+func killAfterProgress(t *testing.T, r *replication, kills int) {
+	t.Helper()
+	last := "0/0"
+	for i := range kills {
+		p := startProcess(t, "pgreplicate", r.args())
+		// Let it apply something new, then kill it mid-stream.
+		pgtest.Eventually(t, 2*time.Minute, "progress before a kill", func() bool {
+			return query(t, r.dst, `SELECT ($1::pg_lsn < coalesce((SELECT lsn FROM _logical.progress WHERE key = $2), '0/0'))::text`,
+				last, r.slot) == "true"
+		})
+		p.kill(t)
+		last = query(t, r.dst, `SELECT coalesce((SELECT lsn::text FROM _logical.progress WHERE key = $1), '0/0')`, r.slot)
+		assert.NotEqual(t, "false", query(t, r.dst, pointVsApplied, r.slot),
+			"kill %d: the persisted point is ahead of the applied data", i+1)
+		t.Logf("kill %d: applied up to %s, point %s", i+1, last,
+			query(t, r.dst, `SELECT convert_from(value, 'UTF8') FROM _logical.memo WHERE key = $1`, r.slot))
+	}
 }

@@ -86,25 +86,7 @@ func dumpOnFailure(t *testing.T, name string, log *logBuffer) {
 // returns its exit status.
 func inProcess(t *testing.T, args []string) (stop func() int) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	log := &logBuffer{}
-	dumpOnFailure(t, "pgreplicate", log)
-	status := make(chan int, 1)
-	go func() { status <- run(ctx, args, log) }()
-	var once sync.Once
-	code := -1
-	stop = func() int {
-		once.Do(func() {
-			cancel()
-			select {
-			case code = <-status:
-			case <-time.After(time.Minute):
-				t.Errorf("pgreplicate did not stop")
-			}
-		})
-		return code
-	}
-	t.Cleanup(func() { stop() })
+	stop, _ = runLogged(t, args)
 	return stop
 }
 
