@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/pkg/errors"
 )
 
 // Stats is a snapshot of a loop's metrics.
@@ -216,6 +218,8 @@ type metricsBatch struct {
 
 func (b *metricsBatch) OnCommit(ctx context.Context) <-chan error {
 	err := commitOf(ctx, b.Batch)
-	b.stats.commit(err)
+	if !errors.Is(err, ErrBatchEnded) { // a second OnCommit commits nothing
+		b.stats.commit(err)
+	}
 	return result1(err)
 }

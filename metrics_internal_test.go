@@ -1,9 +1,12 @@
 package logical
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pkg/errors"
 )
 
 // monotonicObserver fails the test if a counter it is shown goes back, or
@@ -102,3 +105,20 @@ type timedStamp struct{ at time.Time }
 
 func (s *timedStamp) Less(other Stamp) bool { return s.at.Before(other.(*timedStamp).at) }
 func (s *timedStamp) AsTime() time.Time     { return s.at }
+
+// endedBatch is a Batch that has ended already.
+type endedBatch struct{ Batch }
+
+func (endedBatch) OnCommit(context.Context) <-chan error { return result1(ErrBatchEnded) }
+
+// A second OnCommit of a batch commits nothing, so it is no failed commit.
+func TestMetricsDoNotCountAnEndedBatch(t *testing.T) {
+	var k statsKeeper
+	b := &metricsBatch{Batch: endedBatch{}, stats: &k}
+	if err := <-b.OnCommit(context.Background()); !errors.Is(err, ErrBatchEnded) {
+		t.Fatalf("OnCommit of an ended batch: got %v, want ErrBatchEnded", err)
+	}
+	if s := k.snapshot(); s.CommitsFailed != 0 || s.CommitsOK != 0 {
+		t.Errorf("an ended batch's OnCommit was counted: %+v", s)
+	}
+}
