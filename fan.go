@@ -7,8 +7,15 @@ import (
 	"github.com/pkg/errors"
 )
 
-// fanChunk is the most mutations per Target.Apply call in fan mode.
+// fanChunk is how many mutations of one batch a shard gathers before it
+// hands them over to be applied.
 const fanChunk = 100
+
+// fanMaxApply is the most mutations per Target.Apply call in fan mode: a
+// shard applies what several batches queued for a table in one call, so
+// that a backlog of small source transactions costs one statement per
+// shard and table rather than one per transaction.
+const fanMaxApply = 1000
 
 // fanEvents applies batches through Config.FanShards workers, outside of
 // transactions.
@@ -26,11 +33,12 @@ func newFanEvents(ctx context.Context, cfg *Config, _ *Loop) *fanEvents {
 			}
 			return nil
 		},
-		Hash:    keyHash,
-		Size:    Mutation.size,
-		Workers: cfg.FanShards,
-		Chunk:   fanChunk,
-		Limit:   int64(cfg.BytesInFlight),
+		Hash:     keyHash,
+		Size:     Mutation.size,
+		Workers:  cfg.FanShards,
+		Chunk:    fanChunk,
+		MaxApply: fanMaxApply,
+		Limit:    int64(cfg.BytesInFlight),
 	})}
 }
 

@@ -5,7 +5,9 @@
 // lane count). A lane is applied by one goroutine at a time, in the order
 // its items arrived, so two items of one key never overtake each other;
 // different lanes go in parallel. Items of a lane are grouped into chunks
-// of up to Chunk items, each applied with one call.
+// of up to Chunk items; the chunks queued on a lane when it runs (of one
+// batch or of several) are applied together, in order, in calls of up to
+// MaxApply items.
 //
 // A fixed set of worker goroutines applies ready lanes. A goroutine that
 // waits for its batch (Flush, Commit, Rollback, or a full queue) applies
@@ -70,8 +72,16 @@ type Config[T comparable, M any] struct {
 	// Workers is the number of worker goroutines, and the number of lanes
 	// per table.
 	Workers int
-	// Chunk is the most items per Apply call.
+	// Chunk is how many items of one batch a lane gathers before it
+	// hands them over to be applied.
 	Chunk int
+	// MaxApply is the most items per Apply call: a lane that has several
+	// chunks queued (of one batch or of several) applies them together,
+	// in order, in calls of up to MaxApply items, so that a backlog of
+	// small batches costs one call per lane and not one per batch. Zero
+	// means Chunk. A chunk is never split: a call holds at least one
+	// whole chunk.
+	MaxApply int
 	// Limit bounds the queued bytes: Add waits while adding would exceed
 	// it, unless the queue is empty.
 	Limit int64
@@ -125,6 +135,9 @@ func New[T comparable, M any](ctx context.Context, cfg Config[T, M]) *Queue[T, M
 	}
 	if cfg.Chunk < 1 {
 		cfg.Chunk = 1
+	}
+	if cfg.MaxApply < cfg.Chunk {
+		cfg.MaxApply = cfg.Chunk
 	}
 	q := &Queue[T, M]{cfg: cfg, ctx: ctx, tables: make(map[T][]*lane[T, M])}
 	q.recent = q.recentBuf[:0]
@@ -473,12 +486,14 @@ func (q *Queue[T, M]) notifyLocked() {
 }
 
 // runLocked applies the chunks of ln in order until its queue is empty,
-// under ctx. It releases q.mu around each apply. The caller holds q.mu.
+// under ctx. Consecutive chunks go in one Apply call of up to
+// Config.MaxApply items. It releases q.mu around each apply. The caller
+// holds q.mu.
 func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	ln.busy = true
 	// Index rather than reslice, so that the queue keeps its capacity;
 	// Add may append to it while q.mu is released.
-	for i := 0; i < len(ln.queue); i++ {
+	for i := 0; i < len(ln.queue); {
 		if i >= compactAfter && i >= len(ln.queue)/2 {
 			// A lane that never runs dry would otherwise keep every
 			// applied entry: drop them.
@@ -486,15 +501,39 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			clear(ln.queue[n:])
 			ln.queue, i = ln.queue[:n], 0
 		}
-		c := ln.queue[i]
-		ln.queue[i] = chunk[T, M]{}
-		b := c.batch
+		// The run [i, j) of chunks applied together: those of live
+		// batches, up to MaxApply items.
+		j, n := i, 0
+		for j < len(ln.queue) {
+			c := &ln.queue[j]
+			if c.batch.dropped || c.batch.err != nil {
+				if j == i {
+					j++ // skipped on its own below
+				}
+				break
+			}
+			if j > i && n+len(c.items) > q.cfg.MaxApply {
+				break
+			}
+			n += len(c.items)
+			j++
+		}
+		run := ln.queue[i:j]
+		var err error
+		first := run[0].batch
 		switch {
-		case b.dropped || b.err != nil:
+		case first.dropped || first.err != nil:
 			// skipped: rolled back, or already failed
 		case ctx.Err() != nil:
-			b.err = errors.WithStack(ctx.Err())
+			err = errors.WithStack(ctx.Err())
 		default:
+			items := run[0].items
+			if len(run) > 1 {
+				items = make([]M, 0, n)
+				for k := range run {
+					items = append(items, run[k].items...)
+				}
+			}
 			q.applies++
 			timed := q.slow || q.lastSlow || q.applies%sampleEvery == 0
 			q.mu.Unlock()
@@ -502,7 +541,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			if timed {
 				start = time.Now()
 			}
-			err := q.apply(ctx, ln.table, c.items)
+			err = q.apply(ctx, ln.table, items)
 			var took time.Duration
 			if timed {
 				took = time.Since(start)
@@ -511,14 +550,26 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			if timed {
 				q.recordLocked(took)
 			}
-			if err != nil && b.err == nil {
-				b.err = err
+			if len(run) > 1 {
+				clear(items)
 			}
 		}
-		b.outstanding--
-		q.bytes -= int64(c.bytes)
-		q.putSliceLocked(c.items)
+		// run still aliases ln.queue[i:j]: Add only appends, and
+		// compaction happens here.
+		run = ln.queue[i:j]
+		for k := range run {
+			c := run[k]
+			run[k] = chunk[T, M]{}
+			b := c.batch
+			if err != nil && b.err == nil && !b.dropped {
+				b.err = err
+			}
+			b.outstanding--
+			q.bytes -= int64(c.bytes)
+			q.putSliceLocked(c.items)
+		}
 		q.notifyLocked()
+		i = j
 	}
 	ln.queue = ln.queue[:0]
 	ln.busy = false
