@@ -3,6 +3,7 @@ package logical
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pkg/errors"
 )
@@ -71,6 +72,9 @@ type groupBatcher struct {
 	inner    Batcher
 	maxCount int // Config.GroupMax
 	maxBytes int // Config.BytesInFlight
+
+	// Groups committed without waiting (fan mode) and not yet applied.
+	applying atomic.Int32
 
 	mu      sync.Mutex
 	open    Batch         // the group's batch of inner; nil if none
@@ -160,6 +164,10 @@ func (g *groupBatcher) commitLocked(ctx context.Context) error {
 		return nil
 	}
 	err := g.handOverLocked(ctx)
+	if err == nil && isAsync(g.open) {
+		g.commitAsyncLocked(ctx) // fan.go
+		return nil
+	}
 	if err != nil {
 		_ = g.open.OnRollback(ctx)
 	} else {

@@ -157,6 +157,58 @@ func (q *Queue[T, M]) Close() {
 	q.work.Broadcast()
 	q.mu.Unlock()
 	q.wg.Wait()
+	// Nobody waits for the batches committed with CommitAsync: end them
+	// here. A lane being run by a batch that waits finishes on its own.
+	q.mu.Lock()
+	done := q.dropAsyncLocked()
+	q.mu.Unlock()
+	for _, f := range done {
+		f()
+	}
+}
+
+// dropAsyncLocked drops the chunks of the batches committed with
+// CommitAsync from the lanes nobody runs, after Close, and returns the
+// callbacks to call once q.mu is released.
+func (q *Queue[T, M]) dropAsyncLocked() []func() {
+	var done []func()
+	for _, lanes := range q.tables {
+		for _, ln := range lanes {
+			if ln.busy {
+				continue
+			}
+			kept := ln.queue[:0]
+			for i := range ln.queue {
+				c := ln.queue[i]
+				ln.queue[i] = chunk[T, M]{}
+				b := c.batch
+				if b.done == nil {
+					kept = append(kept, c) // its batch waits and applies it
+					continue
+				}
+				b.dropped = true
+				b.outstanding--
+				q.bytes -= int64(c.bytes)
+				if b.outstanding == 0 {
+					done = append(done, b.finishLocked())
+				}
+			}
+			ln.queue = kept
+		}
+	}
+	q.notifyLocked()
+	return done
+}
+
+// finishLocked takes the CommitAsync callback of b, whose chunks are all
+// done, and returns the call to make once q.mu is released.
+func (b *Batch[T, M]) finishLocked() func() {
+	done, err := b.done, b.err
+	b.done = nil
+	if err == nil && b.dropped {
+		err = ErrClosed
+	}
+	return func() { done(err) }
 }
 
 // Bytes returns the bytes queued and not yet applied.
@@ -198,6 +250,7 @@ type Batch[T comparable, M any] struct {
 	err         error
 	dropped     bool
 	ended       bool
+	done        func(error) // CommitAsync's callback, until it is called
 }
 
 // ErrEnded is returned by Add after Commit or Rollback.
@@ -310,6 +363,73 @@ func (b *Batch[T, M]) Commit(ctx context.Context) error {
 	return err
 }
 
+// ErrClosed is what CommitAsync reports for a batch whose items were
+// dropped because the queue was closed before they were applied.
+var ErrClosed = errors.New("fan: the queue was closed before the batch was applied")
+
+// CommitAsync ends the batch without waiting: its items are handed over
+// to the workers, and done is called once with the batch's first apply
+// error (nil once everything is applied), from a goroutine of the queue or
+// from this call. done must not block, nor call the queue. After Close,
+// items not yet applied are dropped and done receives ErrClosed.
+// Batches committed one after another keep the order of the items of
+// each key: CommitAsync does not wait, but lanes apply in order.
+func (b *Batch[T, M]) CommitAsync(done func(error)) {
+	q := b.q
+	q.mu.Lock()
+	if b.ended {
+		q.mu.Unlock()
+		done(ErrEnded)
+		return
+	}
+	b.ended = true
+	if q.closed {
+		b.dropPendingLocked()
+		b.dropped = true
+		if b.outstanding > 0 {
+			b.done = done
+			finish := q.dropAsyncLocked()
+			q.mu.Unlock()
+			for _, f := range finish {
+				f()
+			}
+			return
+		}
+	} else {
+		for _, ln := range b.lanes {
+			if ln.pendingBatch == b && len(ln.pending) > 0 {
+				q.handOverLocked(ln)
+			}
+		}
+		b.lanes = nil
+	}
+	if b.outstanding > 0 {
+		b.done = done
+		q.wakeLocked(len(q.ready))
+		q.mu.Unlock()
+		return
+	}
+	err := b.err
+	if b.dropped && err == nil {
+		err = ErrClosed
+	}
+	q.mu.Unlock()
+	done(err)
+}
+
+// dropPendingLocked drops the batch's items not yet handed over.
+func (b *Batch[T, M]) dropPendingLocked() {
+	q := b.q
+	for _, ln := range b.lanes {
+		if ln.pendingBatch == b && len(ln.pending) > 0 {
+			q.bytes -= int64(ln.pendingBytes)
+			q.putSliceLocked(ln.pending)
+			ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
+		}
+	}
+	b.lanes = nil
+}
+
 // Rollback drops what is not yet applied, waits for what is being applied,
 // and ends the batch.
 func (b *Batch[T, M]) Rollback(ctx context.Context) error {
@@ -321,14 +441,7 @@ func (b *Batch[T, M]) Rollback(ctx context.Context) error {
 	}
 	b.ended = true
 	b.dropped = true
-	for _, ln := range b.lanes {
-		if ln.pendingBatch == b && len(ln.pending) > 0 {
-			q.bytes -= int64(ln.pendingBytes)
-			q.putSliceLocked(ln.pending)
-			ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
-		}
-	}
-	b.lanes = nil
+	b.dropPendingLocked()
 	for b.outstanding > 0 {
 		if err := q.progressLocked(ctx); err != nil {
 			return err
@@ -491,6 +604,7 @@ func (q *Queue[T, M]) notifyLocked() {
 // holds q.mu.
 func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	ln.busy = true
+	var finished []func() // CommitAsync callbacks due
 	// Index rather than reslice, so that the queue keeps its capacity;
 	// Add may append to it while q.mu is released.
 	for i := 0; i < len(ln.queue); {
@@ -567,9 +681,23 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			b.outstanding--
 			q.bytes -= int64(c.bytes)
 			q.putSliceLocked(c.items)
+			if b.outstanding == 0 && b.done != nil {
+				finished = append(finished, b.finishLocked())
+			}
 		}
 		q.notifyLocked()
 		i = j
+		if len(finished) > 0 {
+			// The callbacks run without q.mu; Add may append to
+			// ln.queue meanwhile, which the loop reads again.
+			q.mu.Unlock()
+			for k, f := range finished {
+				f()
+				finished[k] = nil
+			}
+			finished = finished[:0]
+			q.mu.Lock()
+		}
 	}
 	ln.queue = ln.queue[:0]
 	ln.busy = false
