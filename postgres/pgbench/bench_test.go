@@ -11,7 +11,7 @@
 //	LOGICAL_PGBENCH_RUNS      runs of every measurement (default 3); the table shows medians
 //	LOGICAL_PGBENCH_DURATION  length of the timed pgbench run (default 15s)
 //	LOGICAL_PGBENCH_SYSTEMS   comma-separated subset of native,serial,immediate
-//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of backlog,tpcb16,simple16,load,run
+//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of backlog,tpcb16,simple16,load,bulk2m,run
 //	                          (default: all but run)
 //	LOGICAL_PGBENCH_OUT       also write the table to this file
 //	LOGICAL_PGBENCH_PERF      directory: `perf record -a -g` during each pgreplicate measurement
@@ -43,7 +43,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"text/tabwriter"
 	"time"
 
 	"github.com/logical-go/logical/postgres/internal/pgtest"
@@ -80,11 +79,13 @@ const summarySQL = `SELECT concat_ws(' ',
 	(SELECT count(*) || '/' || coalesce(sum(delta), 0) FROM pgbench_history))`
 
 // checksumSQL compares every row, once, after the timed part.
+// Each table's checksum is the md5 of its rows' md5s in key order (the
+// md5s keep the aggregated string at 32 bytes a row, so 2M rows fit).
 const checksumSQL = `SELECT concat_ws(' ',
-	(SELECT md5(coalesce(string_agg(a::text, ',' ORDER BY aid), '')) FROM pgbench_accounts a),
-	(SELECT md5(coalesce(string_agg(b::text, ',' ORDER BY bid), '')) FROM pgbench_branches b),
-	(SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY tid), '')) FROM pgbench_tellers t),
-	(SELECT md5(coalesce(string_agg(h::text, ',' ORDER BY tid, bid, aid, delta, mtime), '')) FROM pgbench_history h))`
+	(SELECT count(*) || ':' || md5(coalesce(string_agg(md5(a::text), '' ORDER BY aid), '')) FROM pgbench_accounts a),
+	(SELECT count(*) || ':' || md5(coalesce(string_agg(md5(b::text), '' ORDER BY bid), '')) FROM pgbench_branches b),
+	(SELECT count(*) || ':' || md5(coalesce(string_agg(md5(t::text), '' ORDER BY tid), '')) FROM pgbench_tellers t),
+	(SELECT count(*) || ':' || md5(coalesce(string_agg(md5(h::text), '' ORDER BY tid, bid, aid, delta, mtime), '')) FROM pgbench_history h))`
 
 // workload is what pgbench does on the source.
 type workload struct {
@@ -102,6 +103,14 @@ type workload struct {
 	// measurement is then the catch-up of the whole backlog, from the
 	// start of the replicator.
 	backlog bool
+	// rowsPerTxn is the number of row changes of each of pgbench's
+	// transactions, fixedRows those of a load (one transaction); a run's
+	// replicated rows are rowsPerTxn * transactions + fixedRows.
+	rowsPerTxn, fixedRows int
+	// probe, if set, is a cheap query that returns "true" once the target
+	// may be complete; only then is the summary compared (the summary of
+	// a 2M-row table costs a scan that would compete with the apply).
+	probe string
 }
 
 // system is a replicator under test.
@@ -117,9 +126,14 @@ type system struct {
 type result struct {
 	total, lag time.Duration
 	txns       int
-	// cpu is the CPU time the cluster's processes and pgreplicate used
-	// during a backlog's catch-up (zero for the other workloads).
-	cpu time.Duration
+	// rows is the number of row changes the source committed.
+	rows int
+	// cpu is the CPU time the replicating side used from the start of the
+	// measurement until the target equalled the source: the apply
+	// worker(s) of the subscription for native; pgreplicate plus the
+	// backends it connected to for pgreplicate. walsender is the CPU time
+	// of the slot's walsender in the same time.
+	cpu, walsender time.Duration
 }
 
 // bench is the state of one TestPgbenchVsNative.
@@ -169,6 +183,7 @@ func TestPgbenchVsNative(t *testing.T) {
 		}
 	}
 
+	secs := strconv.Itoa(int(duration.Round(time.Second) / time.Second))
 	all := []workload{
 		{
 			name:    "backlog",
@@ -176,36 +191,53 @@ func TestPgbenchVsNative(t *testing.T) {
 			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
 			args: []string{"-n", "-c", strconv.Itoa(backlogClients), "-j", "2", "-t", strconv.Itoa(backlogPerClient),
 				"--max-tries", "10"},
-			script:  backlogScript,
-			backlog: true,
+			script:     backlogScript,
+			backlog:    true,
+			rowsPerTxn: 4,
 		},
 		{
-			name:    "tpcb16",
-			title:   fmt.Sprintf("%s pgbench -c 16 tpcb-like", duration),
-			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
-			args:    []string{"-n", "-c", "16", "-j", "2", "-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
+			name:       "tpcb16",
+			title:      fmt.Sprintf("%s pgbench -c 16 tpcb-like", duration),
+			prepare:    []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args:       []string{"-n", "-c", "16", "-j", "2", "-T", secs},
+			rowsPerTxn: 4, // 3 updates and an insert into the history
 		},
 		{
-			name:    "simple16",
-			title:   fmt.Sprintf("%s pgbench -c 16 -b simple-update", duration),
-			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
-			args: []string{"-n", "-c", "16", "-j", "2", "-b", "simple-update",
-				"-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
+			name:       "simple16",
+			title:      fmt.Sprintf("%s pgbench -c 16 -b simple-update", duration),
+			prepare:    []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args:       []string{"-n", "-c", "16", "-j", "2", "-b", "simple-update", "-T", secs},
+			rowsPerTxn: 2, // an update and an insert into the history
 		},
 		{
-			name:    "load",
-			title:   "100k load (pgbench -i -I g)",
-			prepare: []string{"-i", "-I", "dtp", "-q"},
-			args:    []string{"-i", "-I", "g", "-s", "1", "-q"},
+			name:      "load",
+			title:     "100k load (pgbench -i -I g, 1 txn)",
+			prepare:   []string{"-i", "-I", "dtp", "-q"},
+			args:      []string{"-i", "-I", "g", "-s", "1", "-q"},
+			fixedRows: 100000 + 10 + 1,
+			probe:     `SELECT EXISTS (SELECT 1 FROM pgbench_accounts WHERE aid = 100000)::text`,
 		},
 		{
-			name:    "run",
-			title:   fmt.Sprintf("%s pgbench -c 4", duration),
-			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
-			args:    []string{"-n", "-c", "4", "-T", strconv.Itoa(int(duration.Round(time.Second) / time.Second))},
+			// pgbench -i -I g truncates the tables and loads them in one
+			// transaction (branches and tellers by INSERT, the accounts by
+			// COPY); the tables exist empty, with their primary keys, in
+			// source and target.
+			name:      "bulk2m",
+			title:     "2M-row load (pgbench -i -I g -s 20, 1 txn)",
+			prepare:   []string{"-i", "-I", "dtp", "-q"},
+			args:      []string{"-i", "-I", "g", "-s", "20", "-q"},
+			fixedRows: 2000000 + 200 + 20,
+			probe:     `SELECT EXISTS (SELECT 1 FROM pgbench_accounts WHERE aid = 2000000)::text`,
+		},
+		{
+			name:       "run",
+			title:      fmt.Sprintf("%s pgbench -c 4", duration),
+			prepare:    []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args:       []string{"-n", "-c", "4", "-T", secs},
+			rowsPerTxn: 4,
 		},
 	}
-	workloads := selectWorkloads(t, all, []string{"backlog", "tpcb16", "simple16", "load"})
+	workloads := selectWorkloads(t, all, []string{"backlog", "tpcb16", "simple16", "load", "bulk2m"})
 	for i, w := range workloads {
 		if w.script != "" {
 			path := filepath.Join(t.TempDir(), w.name+".sql")
@@ -230,7 +262,8 @@ func TestPgbenchVsNative(t *testing.T) {
 				ok := t.Run(name, func(t *testing.T) {
 					r := b.measure(t, w, s, name)
 					results[w.name+"/"+s.name] = append(results[w.name+"/"+s.name], r)
-					t.Logf("%s: total %s, lag %s, %d transactions", name, fmtDur(r.total), fmtDur(r.lag), r.txns)
+					t.Logf("%s: total %s, lag %s, %d transactions, %d rows, cpu %s (walsender %s)",
+						name, fmtDur(r.total), fmtDur(r.lag), r.txns, r.rows, fmtDur(r.cpu), fmtDur(r.walsender))
 				})
 				if !ok {
 					t.FailNow()
@@ -259,8 +292,8 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 
 	var out string
 	var start, wrote time.Time
-	var cpuBefore map[int]time.Duration
 	var perf *exec.Cmd
+	cpu := &cpuMeter{b: b, src: src, dst: dst, slot: slot}
 	startPerfIf := func() {
 		if b.perf != "" && s.name != "native" {
 			perf = startPerf(t, filepath.Join(b.perf, strings.ReplaceAll(label, "/", "-")+".data"))
@@ -272,7 +305,7 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		out = pgbench(t, src, w.args...)
 		src.Exec(t, `CHECKPOINT`)
 		startPerfIf()
-		cpuBefore = cpuSnapshot(t, src, b)
+		cpu.start(t)
 		start = time.Now()
 		wrote = start
 		stop := s.start(t, b, src, dst, slot, label)
@@ -286,6 +319,7 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		// Start every measurement from a clean slate of dirty buffers.
 		src.Exec(t, `CHECKPOINT`)
 		startPerfIf()
+		cpu.start(t)
 		start = time.Now()
 		out = pgbench(t, src, w.args...)
 		wrote = time.Now()
@@ -295,9 +329,12 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
-		got = query(t, dst, summarySQL)
-		if got == want {
-			break
+		cpu.sample(t)
+		if w.probe == "" || query(t, dst, w.probe) == "true" {
+			got = query(t, dst, summarySQL)
+			if got == want {
+				break
+			}
 		}
 		if time.Since(wrote) > catchUpDeadline {
 			t.Fatalf("the target did not catch up within %s of the end of the writes:\nsource: %s\ntarget: %s",
@@ -306,23 +343,130 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		<-tick.C
 	}
 	done := time.Now()
-	var cpu time.Duration
-	if cpuBefore != nil {
-		for pid, used := range cpuSnapshot(t, src, b) {
-			cpu += used - cpuBefore[pid]
-		}
-	}
+	cpu.sample(t)
 	if perf != nil {
 		_ = perf.Process.Signal(syscall.SIGINT)
 		_ = perf.Wait()
 	}
 	require.Equal(t, query(t, src, checksumSQL), query(t, dst, checksumSQL), "every row is equal")
 
-	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1, cpu: cpu}
+	r := result{total: done.Sub(start), lag: done.Sub(wrote), txns: 1}
 	if m := processedRE.FindStringSubmatch(out); m != nil {
 		r.txns, _ = strconv.Atoi(m[1])
 	}
+	r.rows = w.fixedRows + w.rowsPerTxn*r.txns
+	r.cpu, r.walsender = cpu.used()
+	t.Logf("%s: cpu of the replicating side by process: %s", label, cpu.breakdown())
 	return r
+}
+
+// replApplicationName tags pgreplicate's connections, so that the CPU
+// meter finds the backends that work for it.
+const replApplicationName = "pgreplicate_bench"
+
+// cpuMeter measures the CPU time (user + system, /proc/PID/stat) of the
+// replicating side of one measurement. Source and target are two
+// databases of one cluster, so the cluster's processes are told apart by
+// what they do (pg_stat_activity), not by their parent:
+//
+//   - native: the subscription's logical replication workers (the apply
+//     worker; tablesync workers too, though copy_data = false starts none),
+//     backend_type "logical replication worker" in the target database;
+//   - pgreplicate: its own process (every thread) plus every client
+//     backend whose application_name is replApplicationName (its target
+//     connections, and any plain connection to the source);
+//   - walsender: the slot's active_pid, reported apart (it does the same
+//     decoding for both).
+//
+// Not counted for either: the pgbench backends, the harness's polls, and
+// the shared background processes (checkpointer, WAL writer, autovacuum),
+// which serve source and target alike. Processes are sampled at every
+// poll (100 ms); a process that exits between two samples loses at most
+// the CPU of that interval, and one first seen after the start counts
+// from zero (it was started after the start).
+type cpuMeter struct {
+	b        *bench
+	src, dst *pgtest.DB
+	slot     string
+	base     map[int]time.Duration
+	last     map[int]time.Duration
+	role     map[int]byte // 'r' replicator, 'w' walsender
+}
+
+func (m *cpuMeter) start(t *testing.T) {
+	m.base, m.last, m.role = nil, make(map[int]time.Duration), make(map[int]byte)
+	m.sample(t)
+	m.base = make(map[int]time.Duration, len(m.last))
+	for pid, used := range m.last {
+		m.base[pid] = used
+	}
+}
+
+// meterSQL lists the pids of the replicating side ('r') and the slot's
+// walsender ('w').
+const meterSQL = `SELECT coalesce(string_agg(pid || ':' || CASE WHEN pid = w.active_pid THEN 'w' ELSE 'r' END, ' '), '')
+	FROM pg_stat_activity,
+		(SELECT (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1) AS active_pid) w
+	WHERE pid = w.active_pid
+		OR (backend_type LIKE 'logical replication%worker' AND datname = $2)
+		OR (backend_type = 'client backend' AND application_name = $3)`
+
+func (m *cpuMeter) sample(t *testing.T) {
+	for _, f := range strings.Fields(query(t, m.src, meterSQL, m.slot, m.dst.Name, replApplicationName)) {
+		pid, err := strconv.Atoi(f[:len(f)-2])
+		require.NoError(t, err, "pid in %q", f)
+		m.see(pid, f[len(f)-1])
+	}
+	if m.b.replPid != 0 {
+		m.see(m.b.replPid, 'r')
+	}
+}
+
+func (m *cpuMeter) see(pid int, role byte) {
+	st := procStat(pid)
+	if st.cpu == 0 && st.ppid == 0 {
+		return // gone
+	}
+	if st.cpu >= m.last[pid] {
+		m.last[pid] = st.cpu
+	}
+	m.role[pid] = role
+}
+
+// breakdown lists each measured process with its role and CPU time, for
+// the log (to check that the right processes were found).
+func (m *cpuMeter) breakdown() string {
+	pids := make([]int, 0, len(m.last))
+	for pid := range m.last {
+		pids = append(pids, pid)
+	}
+	slices.Sort(pids)
+	var parts []string
+	for _, pid := range pids {
+		what := "backend"
+		switch {
+		case m.role[pid] == 'w':
+			what = "walsender"
+		case pid == m.b.replPid:
+			what = "pgreplicate"
+		}
+		parts = append(parts, fmt.Sprintf("%s %d %s", what, pid, fmtDur(m.last[pid]-m.base[pid])))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// used returns the CPU time of the replicating side and of the walsender
+// since start.
+func (m *cpuMeter) used() (repl, walsender time.Duration) {
+	for pid, used := range m.last {
+		d := used - m.base[pid]
+		if m.role[pid] == 'w' {
+			walsender += d
+		} else {
+			repl += d
+		}
+	}
+	return repl, walsender
 }
 
 // processedRE finds pgbench's count of transactions.
@@ -356,8 +500,8 @@ func startNative(t *testing.T, b *bench, src, dst *pgtest.DB, slot, _ string) fu
 func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
 	return func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
 		args := append([]string{
-			"--sourceConn", src.URL,
-			"--targetConn", dst.URL,
+			"--sourceConn", pgtest.WithParam(t, src.URL, "application_name", replApplicationName),
+			"--targetConn", pgtest.WithParam(t, dst.URL, "application_name", replApplicationName),
 			"--publicationName", "pub",
 			"--slotName", slot,
 			"--logLevel", "warn",
@@ -440,48 +584,47 @@ func query(t *testing.T, db *pgtest.DB, sql string, args ...any) string {
 	return *s
 }
 
-// renderTable prints the medians: a row per workload and pgreplicate mode,
-// next to native replication of the same workload.
+// renderTable prints the medians as a Markdown table: a row per workload
+// and pgreplicate mode, next to native replication of the same workload;
+// then every run.
 func renderTable(workloads []workload, systems []system, results map[string][]result, runs int) string {
 	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "\npgreplicate vs native logical replication, median of %d run(s); time = start of writes until the target equals the source; lag = part after the writes ended\n\n", runs)
-	w := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "workload\tpgreplicate mode\tnative time\tpgreplicate time\tratio\tnative lag\tpgreplicate lag\tnative txns\tpgreplicate txns\tcpu ratio\t")
+	fmt.Fprintf(&buf, "Medians of %d run(s). time = start of the writes (backlog: of the replicator) until the target equals the source; "+
+		"lag = the part after the writes ended (after the source commit for the loads); ratio = pgreplicate/native; "+
+		"rows = row changes the source committed; cpu/row = CPU (user+system, /proc) of the apply worker (native) or of pgreplicate "+
+		"plus its target backends, per row, in µs; walsender = the slot's walsender, µs per row. Every table's md5 matched after every run.\n\n", runs)
+	fmt.Fprintln(&buf, "| workload | mode | native time | pgreplicate time | ratio | native lag | pgreplicate lag | lag ratio | "+
+		"rows native / pgreplicate | rows/s native | rows/s pgreplicate | cpu/row native | cpu/row pgreplicate | cpu ratio | walsender cpu/row native / pgreplicate |")
+	fmt.Fprintln(&buf, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, wl := range workloads {
 		native := results[wl.name+"/native"]
-		for _, s := range systems {
-			if s.name == "native" {
-				continue
-			}
-			ours := results[wl.name+"/"+s.name]
-			ratio := "n/a"
-			if len(native) > 0 && len(ours) > 0 {
-				ratio = fmt.Sprintf("%.2f", float64(median(ours, totalOf))/float64(median(native, totalOf)))
-			}
-			cpuRatio := "-"
-			if len(native) > 0 && len(ours) > 0 && median(native, cpuOf) > 0 {
-				cpuRatio = fmt.Sprintf("%.2f", float64(median(ours, cpuOf))/float64(median(native, cpuOf)))
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", wl.title, s.name,
-				medDur(native, totalOf), medDur(ours, totalOf), ratio,
-				medDur(native, lagOf), medDur(ours, lagOf),
-				medInt(native), medInt(ours), cpuRatio)
+		row := func(mode string, ours []result) {
+			fmt.Fprintf(&buf, "| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s / %s |\n",
+				wl.title, mode,
+				medDur(native, totalOf), medDur(ours, totalOf), ratioOf(ours, native, totalOf),
+				medDur(native, lagOf), medDur(ours, lagOf), ratioOf(ours, native, lagOf),
+				medFloat(native, rowsOf, "%.0f"), medFloat(ours, rowsOf, "%.0f"),
+				medFloat(native, rateOf, "%.0f"), medFloat(ours, rateOf, "%.0f"),
+				medFloat(native, cpuPerRow, "%.1f"), medFloat(ours, cpuPerRow, "%.1f"), ratioFloat(ours, native, cpuPerRow),
+				medFloat(native, walPerRow, "%.1f"), medFloat(ours, walPerRow, "%.1f"))
 		}
-		if len(systems) == 1 && systems[0].name == "native" {
-			fmt.Fprintf(w, "%s\t-\t%s\t-\t-\t%s\t-\t%s\t-\t-\t\n", wl.title, medDur(native, totalOf), medDur(native, lagOf), medInt(native))
+		only := true
+		for _, s := range systems {
+			if s.name != "native" {
+				only = false
+				row(s.name, results[wl.name+"/"+s.name])
+			}
+		}
+		if only {
+			row("-", nil)
 		}
 	}
-	_ = w.Flush()
-	fmt.Fprintf(&buf, "\ncpu ratio: CPU time of the cluster's processes plus pgreplicate during a backlog's catch-up (from /proc), pgreplicate/native\n")
-	fmt.Fprintf(&buf, "\nevery run (total/lag/txns[/cpu]):\n")
+	fmt.Fprintf(&buf, "\nEvery run (time/lag/txns/rows/cpu/walsender cpu):\n\n")
 	for _, wl := range workloads {
 		for _, s := range systems {
-			fmt.Fprintf(&buf, "  %-6s %-10s", wl.name, s.name)
+			fmt.Fprintf(&buf, "    %-8s %-10s", wl.name, s.name)
 			for _, r := range results[wl.name+"/"+s.name] {
-				fmt.Fprintf(&buf, "  %s/%s/%d", fmtDur(r.total), fmtDur(r.lag), r.txns)
-				if r.cpu > 0 {
-					fmt.Fprintf(&buf, "/cpu %s", fmtDur(r.cpu))
-				}
+				fmt.Fprintf(&buf, "  %s/%s/%d/%d/%s/%s", fmtDur(r.total), fmtDur(r.lag), r.txns, r.rows, fmtDur(r.cpu), fmtDur(r.walsender))
 			}
 			fmt.Fprintln(&buf)
 		}
@@ -490,24 +633,62 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 }
 
 func totalOf(r result) time.Duration { return r.total }
-func cpuOf(r result) time.Duration   { return r.cpu }
 func lagOf(r result) time.Duration   { return r.lag }
+func rowsOf(r result) float64        { return float64(r.rows) }
+
+// rateOf is rows replicated per second of the measured time.
+func rateOf(r result) float64 {
+	if r.total <= 0 {
+		return 0
+	}
+	return float64(r.rows) / r.total.Seconds()
+}
+
+// cpuPerRow and walPerRow are microseconds of CPU per row.
+func cpuPerRow(r result) float64 { return perRow(r.cpu, r.rows) }
+func walPerRow(r result) float64 { return perRow(r.walsender, r.rows) }
+
+func perRow(d time.Duration, rows int) float64 {
+	if rows <= 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(rows)
+}
+
+// ratioOf is the ratio of the medians of f, ours over native.
+func ratioOf(ours, native []result, f func(result) time.Duration) string {
+	if len(ours) == 0 || len(native) == 0 || median(native, f) <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", float64(median(ours, f))/float64(median(native, f)))
+}
+
+func ratioFloat(ours, native []result, f func(result) float64) string {
+	if len(ours) == 0 || len(native) == 0 || medianFloat(native, f) <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", medianFloat(ours, f)/medianFloat(native, f))
+}
 
 // median returns the median of f over rs (the mean of the middle two for
 // an even count).
 func median(rs []result, f func(result) time.Duration) time.Duration {
+	return time.Duration(medianFloat(rs, func(r result) float64 { return float64(f(r)) }))
+}
+
+func medianFloat(rs []result, f func(result) float64) float64 {
 	if len(rs) == 0 {
 		return 0
 	}
-	ds := make([]time.Duration, len(rs))
+	vs := make([]float64, len(rs))
 	for i, r := range rs {
-		ds[i] = f(r)
+		vs[i] = f(r)
 	}
-	slices.Sort(ds)
-	if len(ds)%2 == 1 {
-		return ds[len(ds)/2]
+	slices.Sort(vs)
+	if len(vs)%2 == 1 {
+		return vs[len(vs)/2]
 	}
-	return (ds[len(ds)/2-1] + ds[len(ds)/2]) / 2
+	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2
 }
 
 func medDur(rs []result, f func(result) time.Duration) string {
@@ -517,16 +698,11 @@ func medDur(rs []result, f func(result) time.Duration) string {
 	return fmtDur(median(rs, f))
 }
 
-func medInt(rs []result) string {
+func medFloat(rs []result, f func(result) float64, format string) string {
 	if len(rs) == 0 {
 		return "-"
 	}
-	ns := make([]int, len(rs))
-	for i, r := range rs {
-		ns[i] = r.txns
-	}
-	slices.Sort(ns)
-	return strconv.Itoa(ns[len(ns)/2])
+	return fmt.Sprintf(format, medianFloat(rs, f))
 }
 
 func fmtDur(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
@@ -541,7 +717,7 @@ func selectWorkloads(t *testing.T, all []workload, def []string) []workload {
 	var out []workload
 	for _, n := range names {
 		i := slices.IndexFunc(all, func(w workload) bool { return w.name == n })
-		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (backlog, tpcb16, simple16, load, run)", envWorkloads, n)
+		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (backlog, tpcb16, simple16, load, bulk2m, run)", envWorkloads, n)
 		out = append(out, all[i])
 	}
 	return out
@@ -598,31 +774,7 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	return d
 }
 
-// cpuSnapshot returns the CPU time (user + system) used so far by each
-// process of the cluster (the children of the postmaster of db's server)
-// and by the running pgreplicate, from /proc.
-func cpuSnapshot(t *testing.T, db *pgtest.DB, b *bench) map[int]time.Duration {
-	backend, err := strconv.Atoi(query(t, db, `SELECT pg_backend_pid()::text`))
-	require.NoError(t, err)
-	postmaster := procStat(backend).ppid
-	require.NotZero(t, postmaster, "the postmaster of backend %d", backend)
-	out := make(map[int]time.Duration)
-	entries, err := os.ReadDir("/proc")
-	require.NoError(t, err)
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		st := procStat(pid)
-		if st.ppid == postmaster || pid == postmaster || (b.replPid != 0 && pid == b.replPid) {
-			out[pid] = st.cpu
-		}
-	}
-	return out
-}
-
-// stat is what cpuSnapshot needs from /proc/PID/stat.
+// stat is what cpuMeter needs from /proc/PID/stat.
 type stat struct {
 	ppid int
 	cpu  time.Duration
