@@ -22,8 +22,10 @@ import (
 //
 // Chunk -1 of a table holds the source columns last seen (a JSON value the
 // dialect chooses); chunks 0.. are the key ranges to copy. A chunk is
-// marked done in the same transaction that writes its rows. All methods
-// are safe for concurrent use.
+// marked done in the same transaction that writes its rows. Like
+// Memo.Put, every write is fenced by a lease from Leases in its context:
+// under a lease no longer held it writes nothing and fails with
+// ErrLeaseLost. All methods are safe for concurrent use.
 type Snapshots struct {
 	pool  *pgxpool.Pool
 	table logical.Table
