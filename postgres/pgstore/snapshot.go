@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
 	"github.com/pkg/errors"
@@ -21,8 +22,10 @@ import (
 //
 // Chunk -1 of a table holds the source columns last seen (a JSON value the
 // dialect chooses); chunks 0.. are the key ranges to copy. A chunk is
-// marked done in the same transaction that writes its rows. All methods
-// are safe for concurrent use.
+// marked done in the same transaction that writes its rows. Like
+// Memo.Put, every write is fenced by a lease from Leases in its context:
+// under a lease no longer held it writes nothing and fails with
+// ErrLeaseLost. All methods are safe for concurrent use.
 type Snapshots struct {
 	pool  *pgxpool.Pool
 	table logical.Table
@@ -93,7 +96,7 @@ func (s *Snapshots) Plan(ctx context.Context, loop, table string, chunks []Snaps
 				return err
 			}
 		}
-		return nil
+		return s.fence(ctx, tx)
 	})
 	return errors.Wrapf(err, "pgstore: planning the snapshot of %s", table)
 }
@@ -101,16 +104,26 @@ func (s *Snapshots) Plan(ctx context.Context, loop, table string, chunks []Snaps
 // SetSpec writes the spec of one row (the columns row, chunk -1, for
 // example), creating it if needed.
 func (s *Snapshots) SetSpec(ctx context.Context, loop, table string, n int, spec json.RawMessage) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO `+TableIdent(s.table)+` (loop, source_table, chunk, spec) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (loop, source_table, chunk) DO UPDATE SET spec = excluded.spec`, loop, table, n, []byte(spec))
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO `+TableIdent(s.table)+` (loop, source_table, chunk, spec) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (loop, source_table, chunk) DO UPDATE SET spec = excluded.spec`, loop, table, n, []byte(spec)); err != nil {
+			return err
+		}
+		return s.fence(ctx, tx)
+	})
 	return errors.Wrapf(err, "pgstore: recording the snapshot of %s", table)
 }
 
 // Start counts an attempt to copy a chunk; it commits at once, so that
 // attempts that crash are counted too.
 func (s *Snapshots) Start(ctx context.Context, loop, table string, n int) error {
-	_, err := s.pool.Exec(ctx, `UPDATE `+TableIdent(s.table)+` SET attempts = attempts + 1
-		WHERE loop = $1 AND source_table = $2 AND chunk = $3`, loop, table, n)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE `+TableIdent(s.table)+` SET attempts = attempts + 1
+			WHERE loop = $1 AND source_table = $2 AND chunk = $3`, loop, table, n); err != nil {
+			return err
+		}
+		return s.fence(ctx, tx)
+	})
 	return errors.Wrapf(err, "pgstore: starting chunk %d of %s", n, table)
 }
 
@@ -144,10 +157,45 @@ func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target 
 		copied = tag.RowsAffected()
 		_, err = tx.Exec(ctx, `UPDATE `+TableIdent(s.table)+` SET done = true, copied = $4
 			WHERE loop = $1 AND source_table = $2 AND chunk = $3`, loop, table, n, copied)
-		return err
+		if err != nil {
+			return err
+		}
+		return s.fence(ctx, tx)
 	})
 	if err != nil {
 		return 0, errors.Wrapf(err, "pgstore: copying chunk %d of %s", n, table)
 	}
 	return copied, nil
+}
+
+// fence is the last statement of each bookkeeping transaction: when ctx
+// derives from the Context of a lease from Leases (see Memo), it fails
+// with ErrLeaseLost, so that the transaction rolls back, unless that lease
+// is still held. It runs last, so that a holder paused in the middle of a
+// long chunk copy is judged at the moment it commits (clock_timestamp,
+// not the transaction's start), and with leases in the same pool the
+// lease row stays locked (FOR SHARE) until the commit: a taker's UPDATE
+// of the row waits for it, so no other holder can start between the check
+// and the commit. With leases in another pool the check is a separate
+// query just before the commit, as in Memo.Put.
+func (s *Snapshots) fence(ctx context.Context, tx pgx.Tx) error {
+	ls := heldLease(ctx)
+	if ls == nil {
+		return nil
+	}
+	held := `SELECT 1 FROM ` + ls.leases.table + ` WHERE name = $1 AND nonce = $2 AND expires > clock_timestamp()`
+	var tag pgconn.CommandTag
+	var err error
+	if ls.leases.pool == s.pool {
+		tag, err = tx.Exec(ctx, held+` FOR SHARE`, ls.name, ls.nonce)
+	} else {
+		tag, err = ls.leases.pool.Exec(ctx, held, ls.name, ls.nonce)
+	}
+	if err != nil {
+		return errors.Wrapf(err, "checking lease %q", ls.name)
+	}
+	if tag.RowsAffected() == 0 {
+		return errors.Wrapf(ErrLeaseLost, "not writing the snapshot's bookkeeping: lease %q expired or was taken over", ls.name)
+	}
+	return nil
 }
