@@ -122,6 +122,15 @@ func heldLease(ctx context.Context) *lease {
 	return ls
 }
 
+// heldSQL is a query of the lease row while this term is still held, as
+// of the moment the statement runs (clock_timestamp, not the start of its
+// transaction), with the lease's name and nonce in the parameters named
+// name and nonce ("$1", "$2"). The writes a lease fences (Memo.Put,
+// Snapshots) use it.
+func (l *lease) heldSQL(name, nonce string) string {
+	return `SELECT 1 FROM ` + l.leases.table + ` WHERE name = ` + name + ` AND nonce = ` + nonce + ` AND expires > clock_timestamp()`
+}
+
 // lease is one held term.
 type lease struct {
 	leases *Leases

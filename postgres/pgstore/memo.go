@@ -77,12 +77,9 @@ func (m *Memo) Put(ctx context.Context, key string, value []byte) error {
 		_, err := m.pool.Exec(ctx, `INSERT INTO `+m.table+` (key, value) VALUES ($1, $2)`+upsert, key, value)
 		return errors.Wrapf(err, "pgstore: writing memo key %q", key)
 	}
-	held := func(name, nonce string) string {
-		return `SELECT 1 FROM ` + ls.leases.table + ` WHERE name = ` + name + ` AND nonce = ` + nonce + ` AND expires > now()`
-	}
 	var written int64
 	if ls.leases.pool == m.pool {
-		tag, err := m.pool.Exec(ctx, `WITH held AS (`+held("$3", "$4")+` FOR SHARE)
+		tag, err := m.pool.Exec(ctx, `WITH held AS (`+ls.heldSQL("$3", "$4")+` FOR SHARE)
 			INSERT INTO `+m.table+` (key, value) SELECT $1, $2 FROM held`+upsert, key, value, ls.name, ls.nonce)
 		if err != nil {
 			return errors.Wrapf(err, "pgstore: writing memo key %q", key)
@@ -90,7 +87,7 @@ func (m *Memo) Put(ctx context.Context, key string, value []byte) error {
 		written = tag.RowsAffected()
 	} else {
 		var n int
-		err := ls.leases.pool.QueryRow(ctx, `SELECT count(*) FROM (`+held("$1", "$2")+`) h`, ls.name, ls.nonce).Scan(&n)
+		err := ls.leases.pool.QueryRow(ctx, `SELECT count(*) FROM (`+ls.heldSQL("$1", "$2")+`) h`, ls.name, ls.nonce).Scan(&n)
 		if err != nil {
 			return errors.Wrapf(err, "pgstore: checking lease %q before writing memo key %q", ls.name, key)
 		}

@@ -183,7 +183,7 @@ func (s *Snapshots) fence(ctx context.Context, tx pgx.Tx) error {
 	if ls == nil {
 		return nil
 	}
-	held := `SELECT 1 FROM ` + ls.leases.table + ` WHERE name = $1 AND nonce = $2 AND expires > clock_timestamp()`
+	held := ls.heldSQL("$1", "$2")
 	var tag pgconn.CommandTag
 	var err error
 	if ls.leases.pool == s.pool {
