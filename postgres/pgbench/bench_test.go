@@ -209,26 +209,8 @@ func TestPgbenchVsNative(t *testing.T) {
 			args:       []string{"-n", "-c", "16", "-j", "2", "-b", "simple-update", "-T", secs},
 			rowsPerTxn: 2, // an update and an insert into the history
 		},
-		{
-			name:      "load",
-			title:     "100k load (pgbench -i -I g, 1 txn)",
-			prepare:   []string{"-i", "-I", "dtp", "-q"},
-			args:      []string{"-i", "-I", "g", "-s", "1", "-q"},
-			fixedRows: 100000 + 10 + 1,
-			probe:     `SELECT EXISTS (SELECT 1 FROM pgbench_accounts WHERE aid = 100000)::text`,
-		},
-		{
-			// pgbench -i -I g truncates the tables and loads them in one
-			// transaction (branches and tellers by INSERT, the accounts by
-			// COPY); the tables exist empty, with their primary keys, in
-			// source and target.
-			name:      "bulk2m",
-			title:     "2M-row load (pgbench -i -I g -s 20, 1 txn)",
-			prepare:   []string{"-i", "-I", "dtp", "-q"},
-			args:      []string{"-i", "-I", "g", "-s", "20", "-q"},
-			fixedRows: 2000000 + 200 + 20,
-			probe:     `SELECT EXISTS (SELECT 1 FROM pgbench_accounts WHERE aid = 2000000)::text`,
-		},
+		pgbenchLoad("load", "100k load (pgbench -i -I g, 1 txn)", 1),
+		pgbenchLoad("bulk2m", "2M-row load (pgbench -i -I g -s 20, 1 txn)", 20),
 		{
 			name:       "run",
 			title:      fmt.Sprintf("%s pgbench -c 4", duration),
@@ -706,6 +688,22 @@ func medFloat(rs []result, f func(result) float64, format string) string {
 }
 
 func fmtDur(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }
+
+// pgbenchLoad is a workload that loads pgbench's tables at scale in one
+// source transaction: pgbench -i -I g truncates them and loads them
+// (branches and tellers by INSERT, the accounts by COPY); the tables exist
+// empty, with their primary keys, in source and target.
+func pgbenchLoad(name, title string, scale int) workload {
+	accounts := 100000 * scale
+	return workload{
+		name:      name,
+		title:     title,
+		prepare:   []string{"-i", "-I", "dtp", "-q"},
+		args:      []string{"-i", "-I", "g", "-s", strconv.Itoa(scale), "-q"},
+		fixedRows: accounts + 10*scale + scale,
+		probe:     fmt.Sprintf(`SELECT EXISTS (SELECT 1 FROM pgbench_accounts WHERE aid = %d)::text`, accounts),
+	}
+}
 
 // selectWorkloads keeps the workloads named in LOGICAL_PGBENCH_WORKLOADS,
 // or those named by def.
