@@ -117,6 +117,34 @@ type SnapshotStore interface {
 	AddPrimaryKey(ctx context.Context, table logical.Table, key []string) error
 }
 
+// SnapshotIndexer is what a SnapshotStore may also do: put off the
+// indexes of a target table that has no rows yet until its rows are in,
+// as one index build is much cheaper than inserting every row into the
+// index (and, with several chunks at once, into its middle). Without it
+// a copy writes into the indexes as they are. Process calls it from its
+// own goroutine, never during a chunk copy.
+type SnapshotIndexer interface {
+	// DeferrableIndexes reports whether a target table has no rows, and
+	// returns the indexes of it that DropIndexes may drop and
+	// RestoreIndexes create again; none for a table with rows.
+	DeferrableIndexes(ctx context.Context, table logical.Table) ([]SnapshotIndex, bool, error)
+	// DropIndexes drops indexes of a target table, in one transaction
+	// that fails if the table has rows.
+	DropIndexes(ctx context.Context, table logical.Table, indexes []SnapshotIndex) error
+	// RestoreIndexes creates each of indexes the target table lacks; a
+	// second call after a crash creates those the first did not.
+	RestoreIndexes(ctx context.Context, table logical.Table, indexes []SnapshotIndex) error
+}
+
+// SnapshotIndex is an index a copy put off (see SnapshotIndexer): its
+// name, whether the name is of the constraint that owns it, and the
+// statement that creates it. The Store chooses all three.
+type SnapshotIndex struct {
+	Name       string `json:"name"`
+	Constraint bool   `json:"constraint,omitempty"`
+	SQL        string `json:"sql"`
+}
+
 // SnapshotRecord is one record of a plan: chunk N >= 0 of a table, or
 // its table record (N = -1).
 type SnapshotRecord struct {
@@ -207,6 +235,10 @@ type tableSpec struct {
 	// without one, to be added once the rows are in (one index build is
 	// cheaper than inserting every row into the index).
 	DeferredKey []string `json:"deferredKey,omitempty"`
+	// DeferredIndexes are the indexes of an empty target table that the
+	// copy dropped, to be created again once the rows are in. Recorded
+	// before they are dropped, so a crash in between cannot lose them.
+	DeferredIndexes []SnapshotIndex `json:"deferredIndexes,omitempty"`
 }
 
 // srcColumn is a source column.
@@ -225,7 +257,7 @@ type snapTable struct {
 	chunks      []*snapChunk
 	round       *snapRound // the round that copies it
 	again       bool       // copy it again after that round
-	created     bool       // this round created the target table: no old rows to delete
+	blank       bool       // the target table has no rows of t nor old ones: no range to delete
 }
 
 // snapChunk is one chunk of a table.
@@ -398,9 +430,10 @@ func (g *snapGate) load(ctx context.Context, p *processor) error {
 	return g.poll(ctx, p)
 }
 
-// addDeferredKey adds the primary key that the copy of t put off, if any.
+// addDeferredKey adds the primary key and the indexes that the copy of t
+// put off, if any.
 func (g *snapGate) addDeferredKey(ctx context.Context, p *processor, t *snapTable) error {
-	if len(t.spec.DeferredKey) == 0 {
+	if len(t.spec.DeferredKey) == 0 && len(t.spec.DeferredIndexes) == 0 {
 		return nil
 	}
 	target := g.target(p, t)
@@ -408,12 +441,51 @@ func (g *snapGate) addDeferredKey(ctx context.Context, p *processor, t *snapTabl
 		return err // not created yet: the next copy creates it
 	}
 	start := time.Now()
-	if err := g.cfg.Store.AddPrimaryKey(ctx, target, t.spec.DeferredKey); err != nil {
+	if len(t.spec.DeferredKey) > 0 {
+		if err := g.cfg.Store.AddPrimaryKey(ctx, target, t.spec.DeferredKey); err != nil {
+			return err
+		}
+		g.log.WithFields(logrus.Fields{"table": target.String(), "took": time.Since(start).Round(time.Millisecond)}).Info("primary key added")
+	}
+	if len(t.spec.DeferredIndexes) > 0 {
+		ix, ok := g.cfg.Store.(SnapshotIndexer)
+		if !ok {
+			return errors.Errorf("pglogical: indexes of %s were dropped for a copy, and this Store cannot create them again: it is no SnapshotIndexer", target)
+		}
+		start = time.Now()
+		if err := ix.RestoreIndexes(ctx, target, t.spec.DeferredIndexes); err != nil {
+			return err
+		}
+		g.log.WithFields(logrus.Fields{"table": target.String(), "indexes": len(t.spec.DeferredIndexes),
+			"took": time.Since(start).Round(time.Millisecond)}).Info("indexes created")
+	}
+	t.spec.DeferredKey, t.spec.DeferredIndexes = nil, nil
+	return g.saveSpec(ctx, t)
+}
+
+// deferIndexes drops the indexes of the target table of t, to be created
+// again after the copy, when t is fresh (the stream wrote nothing to it)
+// and the table has no rows: then no chunk has old rows to delete either.
+func (g *snapGate) deferIndexes(ctx context.Context, p *processor, t *snapTable) error {
+	ix, ok := g.cfg.Store.(SnapshotIndexer)
+	if !ok || t.blank || !t.fresh() {
+		return nil
+	}
+	target := g.target(p, t)
+	indexes, empty, err := ix.DeferrableIndexes(ctx, target)
+	if err != nil || !empty {
 		return err
 	}
-	g.log.WithFields(logrus.Fields{"table": target.String(), "took": time.Since(start).Round(time.Millisecond)}).Info("primary key added")
-	t.spec.DeferredKey = nil
-	return g.saveSpec(ctx, t)
+	t.blank = true
+	if len(indexes) == 0 {
+		return nil
+	}
+	t.spec.DeferredIndexes = append(t.spec.DeferredIndexes, indexes...)
+	if err := g.saveSpec(ctx, t); err != nil {
+		return err
+	}
+	g.log.WithFields(logrus.Fields{"table": target.String(), "indexes": len(indexes)}).Info("indexes put off until the rows are in")
+	return ix.DropIndexes(ctx, target, indexes)
 }
 
 // table returns the entry of a source table, making it.
@@ -635,7 +707,7 @@ func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
 	g.round = nil
 	var again []*snapTable
 	for _, t := range r.tables {
-		t.round, t.created = nil, false
+		t.round, t.blank = nil, false
 		if err := g.addDeferredKey(ctx, p, t); err != nil {
 			return err
 		}
@@ -704,6 +776,10 @@ func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (
 			return 0, err
 		}
 		if err := g.prepareTarget(ctx, p, conn, t, cols); err != nil {
+			closeConn(conn.PgConn())
+			return 0, err
+		}
+		if err := g.deferIndexes(ctx, p, t); err != nil {
 			closeConn(conn.PgConn())
 			return 0, err
 		}
@@ -806,8 +882,8 @@ func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, 
 	where := c.spec.where()
 	sql := `COPY (SELECT ` + strings.Join(quoted, ", ") + ` FROM ` + quoteIdent(t.schema) + "." + quoteIdent(t.rel) +
 		` WHERE ` + where + `) TO STDOUT`
-	if t.created {
-		where = "" // nothing to replace, and no index to find it
+	if t.blank {
+		where = "" // nothing to replace, and maybe no index to find it
 	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -891,7 +967,7 @@ func (g *snapGate) prepareTarget(ctx context.Context, p *processor, conn *pgx.Co
 		if err := g.cfg.Store.CreateTable(ctx, target, names, types, nil); err != nil {
 			return err
 		}
-		t.created = true
+		t.blank = true
 		return nil
 	}
 	for _, c := range cols {
