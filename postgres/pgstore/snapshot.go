@@ -133,6 +133,25 @@ func (s *Snapshots) Start(ctx context.Context, loop, table string, n int) error 
 // copied.
 func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target logical.Table, where string,
 	columns []string, rows io.Reader) (int64, error) {
+	return s.copy(ctx, loop, table, n, target, where, columns, rows, "")
+}
+
+// CopyBinary is Copy with rows in COPY binary format, which the target
+// reads only into columns of the types the rows were written from.
+func (s *Snapshots) CopyBinary(ctx context.Context, loop, table string, n int, target logical.Table, where string,
+	columns []string, rows io.Reader) (int64, error) {
+	return s.copy(ctx, loop, table, n, target, where, columns, rows, " (FORMAT binary)")
+}
+
+// ServerVersion returns the target's server_version_num.
+func (s *Snapshots) ServerVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&v)
+	return v, errors.Wrap(err, "pgstore: reading the target's version")
+}
+
+func (s *Snapshots) copy(ctx context.Context, loop, table string, n int, target logical.Table, where string,
+	columns []string, rows io.Reader, options string) (int64, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, errors.Wrapf(err, "pgstore: copying chunk %d of %s", n, table)
@@ -150,7 +169,7 @@ func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target 
 			quoted[i] = Ident(c)
 		}
 		tag, err := tx.Conn().PgConn().CopyFrom(ctx, rows,
-			`COPY `+TableIdent(target)+` (`+strings.Join(quoted, ", ")+`) FROM STDIN`)
+			`COPY `+TableIdent(target)+` (`+strings.Join(quoted, ", ")+`) FROM STDIN`+options)
 		if err != nil {
 			return errors.Wrapf(err, "copying into %s", target)
 		}

@@ -127,3 +127,5 @@ func storeIndexes(in []pglogical.SnapshotIndex) []pgstore.SnapshotIndex {
 	}
 	return out
 }
+
+var _ pglogical.SnapshotBinaryCopier = snapshotStore{}
