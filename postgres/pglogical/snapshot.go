@@ -77,6 +77,27 @@ const (
 // a commit lost in a target crash loses both, and the chunk is copied
 // again.
 //
+// # Why not Events.Backfill
+//
+// The shape fits: Process could call Events.Backfill when the stream
+// reaches Z, with a Backfiller that reads the chunks at the snapshot, and
+// the nested loop would persist its own point and resume after a crash.
+// What does not fit is what makes a chunk exact and fast. A chunk must
+// delete its key range, write its rows and record itself done in one
+// target transaction: a Batch has per-key mutations and no range delete,
+// and the nested loop applies in fan mode and persists its point apart
+// from the rows. Its point is one Stamp, while chunks finish out of
+// order: a resume would copy again everything after the first chunk not
+// done. And rows as mutations cannot use COPY, binary or not, nor put
+// indexes off. The library would need an optional Batch method that
+// replaces a key range of a table with rows from a COPY stream and
+// commits a stamp with them (Target would implement it with this
+// package's DELETE and COPY), a Stamp that is a set of done chunks
+// (merged as they commit, in any order), and hooks before and after a
+// nested backfill (to put indexes off and create them again). With
+// those, the round would be an Events.Backfill call and this package
+// would keep only the planning and the snapshot's slot.
+//
 // # Limits
 //
 // Chunks are copied in parallel without regard to foreign keys between
