@@ -80,6 +80,11 @@ func TestSnapshotsAreFencedByTheLease(t *testing.T) {
 				defer l.Release()
 				require.NoError(t, snaps.Plan(l.Context(), "loop", "public.t", []pgstore.SnapshotChunk{{N: 0, Spec: []byte(`{}`)}}))
 				require.NoError(t, snaps.SetSpec(l.Context(), "loop", "public.t", -1, []byte(`{}`)))
+				// Under the held lease the chunk writes go through.
+				require.NoError(t, snaps.Start(l.Context(), "loop", "public.t", 0))
+				_, err = snaps.Copy(l.Context(), "loop", "public.t", 0, target, "true", []string{"id"}, strings.NewReader("1\n2\n"))
+				require.NoError(t, err)
+				assert.Contains(t, state(), `public.t 0 {} done=true attempts=1; rows=2`)
 				db.Exec(t, `DELETE FROM t`)
 				before := state()
 
