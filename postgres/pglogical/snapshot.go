@@ -180,8 +180,9 @@ type SnapshotIndexer interface {
 // chunk's rows in COPY binary format, which costs both servers less than
 // text. A copy uses it for a table whose columns have, at both ends, the
 // same built-in types, between servers of the same major version (the
-// binary form of a type is the server's own, and that of an array or a
-// user-defined type names type OIDs that differ between databases).
+// binary form of a type is the server's own, and that of a user-defined
+// type, or of an array of one, carries OIDs that differ between
+// databases).
 // Without it, or for other tables, rows come in text format.
 type SnapshotBinaryCopier interface {
 	// CopyBinary is SnapshotStore.Copy with rows in COPY binary format.
