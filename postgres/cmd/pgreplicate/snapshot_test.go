@@ -255,7 +255,16 @@ func TestSnapshot(t *testing.T) {
 // snapshot, each time after some more chunks are done; the target must
 // still end equal to the source. It reports how many rows were copied
 // more than once.
-func TestSnapshotKills(t *testing.T) { snapshotKills(t, 1000000, 10, false) }
+func TestSnapshotKills(t *testing.T) {
+	n := snapshotRows(t, 1000000)
+	dropped := snapshotKills(t, n, 10, false)
+	if n >= 1000000 {
+		// The first kill comes after the first of 20 chunks, long before
+		// the last: the indexes are dropped then, and a restart must
+		// create them again (checked at the end of snapshotKills).
+		assert.NotZero(t, dropped, "no kill came while the target's indexes were dropped for the copy")
+	}
+}
 
 // TestSnapshotKillsCreate is TestSnapshotKills with a target table that
 // pgreplicate creates (--createTables), whose primary key it adds after
@@ -270,7 +279,9 @@ func TestSnapshotKillsImmediate(t *testing.T) {
 	snapshotKills(t, 100000, 3, false, "--immediate", "--fanShards", "1") // one worker: see TestSnapshot
 }
 
-func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) {
+// snapshotKills returns how many kills came while the target's indexes
+// were dropped for the copy.
+func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) (dropped int) {
 	n := snapshotRows(t, rows)
 	r := fillBig(t, n)
 	extra := append([]string(nil), flags...)
@@ -293,7 +304,11 @@ func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) 
 		})
 		p.kill(t)
 		done, all := chunksDone(t, r)
-		t.Logf("kill %d: %d of %d chunks done", i+1, done, all)
+		noKey := query(t, r.dst, `SELECT count(*)::text FROM pg_index WHERE indrelid = 'big'::regclass AND indisprimary`) == "0"
+		if noKey && !create {
+			dropped++
+		}
+		t.Logf("kill %d: %d of %d chunks done; target without its primary key: %v", i+1, done, all, noKey)
 	}
 	p := startProcess(t, "pgreplicate", snapshotArgs(r, n, extra...))
 	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
@@ -314,6 +329,7 @@ func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) 
 		assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
 	}
 	assert.Equal(t, 0, p.terminate(t))
+	return dropped
 }
 
 // TestSnapshotSchema joins a table with rows to the publication, adds
