@@ -58,6 +58,46 @@ const (
 // chunks not done are copied, at Z'. Only chunks in flight at the crash
 // are copied again.
 //
+// # What makes a copy fast
+//
+// A target table that has no rows and that the stream has not written to
+// (no chunk of it done yet) has nothing to replace: no chunk deletes its
+// range first. If the Store is a SnapshotIndexer, its indexes are dropped
+// before the rows go in and created again once they are all in, before
+// the stream resumes: one index build costs much less than inserting
+// every row into an index, in particular from several chunks at once
+// into its middle. The indexes dropped are recorded first, and a start
+// that finds them recorded creates the missing ones before it applies
+// anything, so a crash in between leaves no table without them. A table
+// with rows keeps its indexes. If the Store is a SnapshotBinaryCopier, a
+// table whose columns have the same built-in types at both ends goes in
+// COPY binary format, which both servers parse and print faster than
+// text. Each chunk commits as it always did (durably, as the target is
+// set up to commit): with its rows and its done mark in one transaction,
+// a commit lost in a target crash loses both, and the chunk is copied
+// again.
+//
+// # Why not Events.Backfill
+//
+// The shape fits: Process could call Events.Backfill when the stream
+// reaches Z, with a Backfiller that reads the chunks at the snapshot, and
+// the nested loop would persist its own point and resume after a crash.
+// What does not fit is what makes a chunk exact and fast. A chunk must
+// delete its key range, write its rows and record itself done in one
+// target transaction: a Batch has per-key mutations and no range delete,
+// and the nested loop applies in fan mode and persists its point apart
+// from the rows. Its point is one Stamp, while chunks finish out of
+// order: a resume would copy again everything after the first chunk not
+// done. And rows as mutations cannot use COPY, binary or not, nor put
+// indexes off. The library would need an optional Batch method that
+// replaces a key range of a table with rows from a COPY stream and
+// commits a stamp with them (Target would implement it with this
+// package's DELETE and COPY), a Stamp that is a set of done chunks
+// (merged as they commit, in any order), and hooks before and after a
+// nested backfill (to put indexes off and create them again). With
+// those, the round would be an Events.Backfill call and this package
+// would keep only the planning and the snapshot's slot.
+//
 // # Limits
 //
 // Chunks are copied in parallel without regard to foreign keys between
@@ -115,6 +155,49 @@ type SnapshotStore interface {
 	CreateTable(ctx context.Context, table logical.Table, names, types, key []string) error
 	// AddPrimaryKey adds a primary key to a target table.
 	AddPrimaryKey(ctx context.Context, table logical.Table, key []string) error
+}
+
+// SnapshotIndexer is what a SnapshotStore may also do: put off the
+// indexes of a target table that has no rows yet until its rows are in,
+// as one index build is much cheaper than inserting every row into the
+// index (and, with several chunks at once, into its middle). Without it
+// a copy writes into the indexes as they are. Process calls it from its
+// own goroutine, never during a chunk copy.
+type SnapshotIndexer interface {
+	// DeferrableIndexes reports whether a target table has no rows, and
+	// returns the indexes of it that DropIndexes may drop and
+	// RestoreIndexes create again; none for a table with rows.
+	DeferrableIndexes(ctx context.Context, table logical.Table) ([]SnapshotIndex, bool, error)
+	// DropIndexes drops indexes of a target table, in one transaction
+	// that fails if the table has rows.
+	DropIndexes(ctx context.Context, table logical.Table, indexes []SnapshotIndex) error
+	// RestoreIndexes creates each of indexes the target table lacks; a
+	// second call after a crash creates those the first did not.
+	RestoreIndexes(ctx context.Context, table logical.Table, indexes []SnapshotIndex) error
+}
+
+// SnapshotBinaryCopier is what a SnapshotStore may also do: take a
+// chunk's rows in COPY binary format, which costs both servers less than
+// text. A copy uses it for a table whose columns have, at both ends, the
+// same built-in types, between servers of the same major version (the
+// binary form of a type is the server's own, and that of a user-defined
+// type, or of an array of one, carries OIDs that differ between
+// databases).
+// Without it, or for other tables, rows come in text format.
+type SnapshotBinaryCopier interface {
+	// CopyBinary is SnapshotStore.Copy with rows in COPY binary format.
+	CopyBinary(ctx context.Context, key, table string, n int, target logical.Table, where string, columns []string, rows io.Reader) (int64, error)
+	// ServerVersion returns the target's server_version_num.
+	ServerVersion(ctx context.Context) (int, error)
+}
+
+// SnapshotIndex is an index a copy put off (see SnapshotIndexer): its
+// name, whether the name is of the constraint that owns it, and the
+// statement that creates it. The Store chooses all three.
+type SnapshotIndex struct {
+	Name       string `json:"name"`
+	Constraint bool   `json:"constraint,omitempty"`
+	SQL        string `json:"sql"`
 }
 
 // SnapshotRecord is one record of a plan: chunk N >= 0 of a table, or
@@ -207,6 +290,10 @@ type tableSpec struct {
 	// without one, to be added once the rows are in (one index build is
 	// cheaper than inserting every row into the index).
 	DeferredKey []string `json:"deferredKey,omitempty"`
+	// DeferredIndexes are the indexes of an empty target table that the
+	// copy dropped, to be created again once the rows are in. Recorded
+	// before they are dropped, so a crash in between cannot lose them.
+	DeferredIndexes []SnapshotIndex `json:"deferredIndexes,omitempty"`
 }
 
 // srcColumn is a source column.
@@ -225,7 +312,8 @@ type snapTable struct {
 	chunks      []*snapChunk
 	round       *snapRound // the round that copies it
 	again       bool       // copy it again after that round
-	created     bool       // this round created the target table: no old rows to delete
+	blank       bool       // the target table has no rows of t nor old ones: no range to delete
+	binary      bool       // copy in COPY binary format
 }
 
 // snapChunk is one chunk of a table.
@@ -280,6 +368,7 @@ type snapGate struct {
 	rels     map[uint32]*snapTable
 	round    *snapRound
 	lastPoll time.Time
+	versions [2]int // server_version_num of the source and the target, once read
 }
 
 // newSnapGate returns the gate of a Process call, nil without
@@ -398,9 +487,10 @@ func (g *snapGate) load(ctx context.Context, p *processor) error {
 	return g.poll(ctx, p)
 }
 
-// addDeferredKey adds the primary key that the copy of t put off, if any.
+// addDeferredKey adds the primary key and the indexes that the copy of t
+// put off, if any.
 func (g *snapGate) addDeferredKey(ctx context.Context, p *processor, t *snapTable) error {
-	if len(t.spec.DeferredKey) == 0 {
+	if len(t.spec.DeferredKey) == 0 && len(t.spec.DeferredIndexes) == 0 {
 		return nil
 	}
 	target := g.target(p, t)
@@ -408,12 +498,51 @@ func (g *snapGate) addDeferredKey(ctx context.Context, p *processor, t *snapTabl
 		return err // not created yet: the next copy creates it
 	}
 	start := time.Now()
-	if err := g.cfg.Store.AddPrimaryKey(ctx, target, t.spec.DeferredKey); err != nil {
+	if len(t.spec.DeferredKey) > 0 {
+		if err := g.cfg.Store.AddPrimaryKey(ctx, target, t.spec.DeferredKey); err != nil {
+			return err
+		}
+		g.log.WithFields(logrus.Fields{"table": target.String(), "took": time.Since(start).Round(time.Millisecond)}).Info("primary key added")
+	}
+	if len(t.spec.DeferredIndexes) > 0 {
+		ix, ok := g.cfg.Store.(SnapshotIndexer)
+		if !ok {
+			return errors.Errorf("pglogical: indexes of %s were dropped for a copy, and this Store cannot create them again: it is no SnapshotIndexer", target)
+		}
+		start = time.Now()
+		if err := ix.RestoreIndexes(ctx, target, t.spec.DeferredIndexes); err != nil {
+			return err
+		}
+		g.log.WithFields(logrus.Fields{"table": target.String(), "indexes": len(t.spec.DeferredIndexes),
+			"took": time.Since(start).Round(time.Millisecond)}).Info("indexes created")
+	}
+	t.spec.DeferredKey, t.spec.DeferredIndexes = nil, nil
+	return g.saveSpec(ctx, t)
+}
+
+// deferIndexes drops the indexes of the target table of t, to be created
+// again after the copy, when t is fresh (the stream wrote nothing to it)
+// and the table has no rows: then no chunk has old rows to delete either.
+func (g *snapGate) deferIndexes(ctx context.Context, p *processor, t *snapTable) error {
+	ix, ok := g.cfg.Store.(SnapshotIndexer)
+	if !ok || t.blank || !t.fresh() {
+		return nil
+	}
+	target := g.target(p, t)
+	indexes, empty, err := ix.DeferrableIndexes(ctx, target)
+	if err != nil || !empty {
 		return err
 	}
-	g.log.WithFields(logrus.Fields{"table": target.String(), "took": time.Since(start).Round(time.Millisecond)}).Info("primary key added")
-	t.spec.DeferredKey = nil
-	return g.saveSpec(ctx, t)
+	t.blank = true
+	if len(indexes) == 0 {
+		return nil
+	}
+	t.spec.DeferredIndexes = append(t.spec.DeferredIndexes, indexes...)
+	if err := g.saveSpec(ctx, t); err != nil {
+		return err
+	}
+	g.log.WithFields(logrus.Fields{"table": target.String(), "indexes": len(indexes)}).Info("indexes put off until the rows are in")
+	return ix.DropIndexes(ctx, target, indexes)
 }
 
 // table returns the entry of a source table, making it.
@@ -635,7 +764,7 @@ func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
 	g.round = nil
 	var again []*snapTable
 	for _, t := range r.tables {
-		t.round, t.created = nil, false
+		t.round, t.blank = nil, false
 		if err := g.addDeferredKey(ctx, p, t); err != nil {
 			return err
 		}
@@ -704,6 +833,10 @@ func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (
 			return 0, err
 		}
 		if err := g.prepareTarget(ctx, p, conn, t, cols); err != nil {
+			closeConn(conn.PgConn())
+			return 0, err
+		}
+		if err := g.deferIndexes(ctx, p, t); err != nil {
 			closeConn(conn.PgConn())
 			return 0, err
 		}
@@ -806,8 +939,13 @@ func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, 
 	where := c.spec.where()
 	sql := `COPY (SELECT ` + strings.Join(quoted, ", ") + ` FROM ` + quoteIdent(t.schema) + "." + quoteIdent(t.rel) +
 		` WHERE ` + where + `) TO STDOUT`
-	if t.created {
-		where = "" // nothing to replace, and no index to find it
+	copyInto := g.cfg.Store.Copy
+	if bc, ok := g.cfg.Store.(SnapshotBinaryCopier); ok && t.binary {
+		sql += ` (FORMAT binary)`
+		copyInto = bc.CopyBinary
+	}
+	if t.blank {
+		where = "" // nothing to replace, and maybe no index to find it
 	}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -823,7 +961,7 @@ func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, 
 		done <- err
 	}()
 	start := time.Now()
-	n, err := g.cfg.Store.Copy(ctx, g.cfg.Key, t.name, c.n, g.target(p, t), where, cols, pr)
+	n, err := copyInto(ctx, g.cfg.Key, t.name, c.n, g.target(p, t), where, cols, pr)
 	pr.CloseWithError(errors.New("pglogical: the target stopped reading"))
 	srcErr := <-done
 	if err == nil && srcErr != nil {
@@ -833,7 +971,11 @@ func (g *snapGate) copyChunk(ctx context.Context, p *processor, conn *pgx.Conn, 
 		return 0, err
 	}
 	c.done = true
-	g.log.WithFields(logrus.Fields{"table": t.name, "chunk": c.n, "rows": n, "took": time.Since(start).Round(time.Millisecond)}).
+	format := "text"
+	if t.binary {
+		format = "binary"
+	}
+	g.log.WithFields(logrus.Fields{"table": t.name, "chunk": c.n, "rows": n, "format": format, "took": time.Since(start).Round(time.Millisecond)}).
 		Debug("chunk copied")
 	return n, nil
 }
@@ -891,16 +1033,51 @@ func (g *snapGate) prepareTarget(ctx context.Context, p *processor, conn *pgx.Co
 		if err := g.cfg.Store.CreateTable(ctx, target, names, types, nil); err != nil {
 			return err
 		}
-		t.created = true
-		return nil
+		t.blank = true
+		have = make(map[string]string, len(cols))
 	}
 	for _, c := range cols {
-		if _, ok := have[c.Name]; !ok {
-			g.log.WithFields(logrus.Fields{"table": target.String(), "column": c.Name, "type": c.Type}).Info("adding column")
-			if err := g.cfg.Store.AddColumn(ctx, target, c.Name, c.Type); err != nil {
-				return err
+		if _, has := have[c.Name]; !has {
+			if ok { // the table was there before
+				g.log.WithFields(logrus.Fields{"table": target.String(), "column": c.Name, "type": c.Type}).Info("adding column")
+				if err := g.cfg.Store.AddColumn(ctx, target, c.Name, c.Type); err != nil {
+					return err
+				}
 			}
+			have[c.Name] = c.Type
 		}
 	}
-	return nil
+	t.binary, err = g.binary(ctx, conn, have, cols)
+	return err
+}
+
+// firstNormalOID is where the OIDs of objects that are not built in
+// start (FirstNormalObjectId).
+const firstNormalOID = 16384
+
+// binary reports whether rows of the source columns cols can go to target
+// columns of the types have in COPY binary format: the Store takes them,
+// both servers have the same major version, and every column has the same
+// built-in type at both ends.
+func (g *snapGate) binary(ctx context.Context, conn *pgx.Conn, have map[string]string, cols []srcColumn) (bool, error) {
+	bc, ok := g.cfg.Store.(SnapshotBinaryCopier)
+	if !ok {
+		return false, nil
+	}
+	for _, c := range cols {
+		if c.OID >= firstNormalOID || have[c.Name] != c.Type {
+			return false, nil
+		}
+	}
+	if g.versions == [2]int{} {
+		if err := conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&g.versions[0]); err != nil {
+			return false, errors.Wrap(err, "pglogical: reading the source's version")
+		}
+		v, err := bc.ServerVersion(ctx)
+		if err != nil {
+			return false, err
+		}
+		g.versions[1] = v
+	}
+	return g.versions[0]/10000 == g.versions[1]/10000, nil
 }

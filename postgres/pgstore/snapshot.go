@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 
@@ -117,13 +118,7 @@ func (s *Snapshots) SetSpec(ctx context.Context, loop, table string, n int, spec
 // Start counts an attempt to copy a chunk; it commits at once, so that
 // attempts that crash are counted too.
 func (s *Snapshots) Start(ctx context.Context, loop, table string, n int) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE `+TableIdent(s.table)+` SET attempts = attempts + 1
-			WHERE loop = $1 AND source_table = $2 AND chunk = $3`, loop, table, n); err != nil {
-			return err
-		}
-		return s.fence(ctx, tx)
-	})
+	err := s.mark(ctx, nil, loop, table, n, `attempts = attempts + 1`)
 	return errors.Wrapf(err, "pgstore: starting chunk %d of %s", n, table)
 }
 
@@ -133,6 +128,25 @@ func (s *Snapshots) Start(ctx context.Context, loop, table string, n int) error 
 // copied.
 func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target logical.Table, where string,
 	columns []string, rows io.Reader) (int64, error) {
+	return s.copy(ctx, loop, table, n, target, where, columns, rows, "")
+}
+
+// CopyBinary is Copy with rows in COPY binary format, which the target
+// reads only into columns of the types the rows were written from.
+func (s *Snapshots) CopyBinary(ctx context.Context, loop, table string, n int, target logical.Table, where string,
+	columns []string, rows io.Reader) (int64, error) {
+	return s.copy(ctx, loop, table, n, target, where, columns, rows, " (FORMAT binary)")
+}
+
+// ServerVersion returns the target's server_version_num.
+func (s *Snapshots) ServerVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&v)
+	return v, errors.Wrap(err, "pgstore: reading the target's version")
+}
+
+func (s *Snapshots) copy(ctx context.Context, loop, table string, n int, target logical.Table, where string,
+	columns []string, rows io.Reader, options string) (int64, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, errors.Wrapf(err, "pgstore: copying chunk %d of %s", n, table)
@@ -150,22 +164,65 @@ func (s *Snapshots) Copy(ctx context.Context, loop, table string, n int, target 
 			quoted[i] = Ident(c)
 		}
 		tag, err := tx.Conn().PgConn().CopyFrom(ctx, rows,
-			`COPY `+TableIdent(target)+` (`+strings.Join(quoted, ", ")+`) FROM STDIN`)
+			`COPY `+TableIdent(target)+` (`+strings.Join(quoted, ", ")+`) FROM STDIN`+options)
 		if err != nil {
 			return errors.Wrapf(err, "copying into %s", target)
 		}
 		copied = tag.RowsAffected()
-		_, err = tx.Exec(ctx, `UPDATE `+TableIdent(s.table)+` SET done = true, copied = $4
-			WHERE loop = $1 AND source_table = $2 AND chunk = $3`, loop, table, n, copied)
-		if err != nil {
-			return err
-		}
-		return s.fence(ctx, tx)
+		return s.mark(ctx, tx, loop, table, n, `done = true, copied = $4`, copied)
 	})
 	if err != nil {
 		return 0, errors.Wrapf(err, "pgstore: copying chunk %d of %s", n, table)
 	}
 	return copied, nil
+}
+
+// mark updates chunk n of table with set (whose parameters, from $4 on,
+// are args), in tx or, if tx is nil, in a statement or transaction of its
+// own, as the last statement before the commit and fenced by the lease of
+// ctx (see fence). With the leases in this pool, the fence is in the
+// UPDATE itself, which updates through a FOR SHARE read of the lease row
+// while the term is held: no round trip of its own. Without a lease it is
+// a plain UPDATE.
+func (s *Snapshots) mark(ctx context.Context, tx pgx.Tx, loop, table string, n int, set string, args ...any) error {
+	exec := s.pool.Exec
+	if tx != nil {
+		exec = tx.Exec
+	}
+	params := append([]any{loop, table, n}, args...)
+	update := `UPDATE ` + TableIdent(s.table) + ` SET ` + set
+	where := ` WHERE loop = $1 AND source_table = $2 AND chunk = $3`
+	ls := heldLease(ctx)
+	switch {
+	case ls == nil:
+		_, err := exec(ctx, update+where, params...)
+		return err
+	case ls.leases.pool == s.pool:
+		held := ls.heldSQL(fmt.Sprintf("$%d", len(params)+1), fmt.Sprintf("$%d", len(params)+2))
+		tag, err := exec(ctx, `WITH held AS (`+held+` FOR SHARE) `+update+` FROM held`+where, append(params, ls.name, ls.nonce)...)
+		if err != nil || tag.RowsAffected() > 0 {
+			return err
+		}
+		// Nothing updated: the term is over, or there is no such chunk
+		// (nothing to mark, as without a lease).
+		tag, err = exec(ctx, ls.heldSQL("$1", "$2"), ls.name, ls.nonce)
+		if err != nil {
+			return errors.Wrapf(err, "checking lease %q", ls.name)
+		}
+		if tag.RowsAffected() == 0 {
+			return errors.Wrapf(ErrLeaseLost, "not writing the snapshot's bookkeeping: lease %q expired or was taken over", ls.name)
+		}
+		return nil
+	case tx == nil:
+		return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			return s.mark(ctx, tx, loop, table, n, set, args...)
+		})
+	default:
+		if _, err := tx.Exec(ctx, update+where, params...); err != nil {
+			return err
+		}
+		return s.fence(ctx, tx)
+	}
 }
 
 // fence is the last statement of each bookkeeping transaction: when ctx

@@ -100,3 +100,32 @@ func (s snapshotStore) Copy(ctx context.Context, key, table string, n int, targe
 	columns []string, rows io.Reader) (int64, error) {
 	return s.Snapshots.Copy(ctx, key, table, n, target, where, columns, rows)
 }
+
+var _ pglogical.SnapshotIndexer = snapshotStore{}
+
+func (s snapshotStore) DeferrableIndexes(ctx context.Context, table logical.Table) ([]pglogical.SnapshotIndex, bool, error) {
+	in, empty, err := s.Snapshots.DeferrableIndexes(ctx, table)
+	out := make([]pglogical.SnapshotIndex, len(in))
+	for i, x := range in {
+		out[i] = pglogical.SnapshotIndex(x)
+	}
+	return out, empty, err
+}
+
+func (s snapshotStore) DropIndexes(ctx context.Context, table logical.Table, indexes []pglogical.SnapshotIndex) error {
+	return s.Snapshots.DropIndexes(ctx, table, storeIndexes(indexes))
+}
+
+func (s snapshotStore) RestoreIndexes(ctx context.Context, table logical.Table, indexes []pglogical.SnapshotIndex) error {
+	return s.Snapshots.RestoreIndexes(ctx, table, storeIndexes(indexes))
+}
+
+func storeIndexes(in []pglogical.SnapshotIndex) []pgstore.SnapshotIndex {
+	out := make([]pgstore.SnapshotIndex, len(in))
+	for i, x := range in {
+		out[i] = pgstore.SnapshotIndex(x)
+	}
+	return out
+}
+
+var _ pglogical.SnapshotBinaryCopier = snapshotStore{}

@@ -191,6 +191,14 @@ func copiedTwice(t *testing.T, r *replication) (int64, int) {
 	return rows, chunks
 }
 
+// bigIndexes sums up the indexes and constraints of the target's big.
+func bigIndexes(t *testing.T, r *replication) string {
+	t.Helper()
+	return query(t, r.dst, `SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'big'`) + "\n" +
+		query(t, r.dst, `SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY conname)
+			FROM pg_constraint WHERE conrelid = 'big'::regclass`)
+}
+
 // snapshotArgs returns the flags of a snapshot of rows rows in about 20
 // chunks.
 func snapshotArgs(r *replication, rows int, extra ...string) []string {
@@ -217,9 +225,10 @@ func TestSnapshot(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			n := snapshotRows(t, 1000000)
 			r := fillBig(t, n)
+			indexes := bigIndexes(t, r)
 			w := startWriter(t, r, n)
 			start := time.Now()
-			stop := inProcess(t, snapshotArgs(r, n, mode.flags...))
+			stop, log := runLogged(t, snapshotArgs(r, n, mode.flags...))
 			pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
 				done, all := chunksDone(t, r)
 				return all > 0 && done == all
@@ -234,6 +243,10 @@ func TestSnapshot(t *testing.T) {
 			assert.Equal(t, 0, stop())
 			twice, _ := copiedTwice(t, r)
 			assert.Zero(t, twice, "no chunk copied twice without a crash")
+			// The target was empty: its key and UNIQUE index were dropped
+			// for the copy and are back as they were.
+			assert.Contains(t, log.String(), "indexes put off until the rows are in")
+			assert.Equal(t, indexes, bigIndexes(t, r))
 		})
 	}
 }
@@ -242,7 +255,16 @@ func TestSnapshot(t *testing.T) {
 // snapshot, each time after some more chunks are done; the target must
 // still end equal to the source. It reports how many rows were copied
 // more than once.
-func TestSnapshotKills(t *testing.T) { snapshotKills(t, 1000000, 10, false) }
+func TestSnapshotKills(t *testing.T) {
+	n := snapshotRows(t, 1000000)
+	dropped := snapshotKills(t, n, 10, false)
+	if n >= 1000000 {
+		// The first kill comes after the first of 20 chunks, long before
+		// the last: the indexes are dropped then, and a restart must
+		// create them again (checked at the end of snapshotKills).
+		assert.NotZero(t, dropped, "no kill came while the target's indexes were dropped for the copy")
+	}
+}
 
 // TestSnapshotKillsCreate is TestSnapshotKills with a target table that
 // pgreplicate creates (--createTables), whose primary key it adds after
@@ -257,10 +279,13 @@ func TestSnapshotKillsImmediate(t *testing.T) {
 	snapshotKills(t, 100000, 3, false, "--immediate", "--fanShards", "1") // one worker: see TestSnapshot
 }
 
-func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) {
+// snapshotKills returns how many kills came while the target's indexes
+// were dropped for the copy.
+func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) (dropped int) {
 	n := snapshotRows(t, rows)
 	r := fillBig(t, n)
 	extra := append([]string(nil), flags...)
+	indexes := bigIndexes(t, r)
 	if create {
 		r.dst.Exec(t, `DROP TABLE big`)
 		extra = append(extra, "--createTables")
@@ -279,7 +304,11 @@ func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) 
 		})
 		p.kill(t)
 		done, all := chunksDone(t, r)
-		t.Logf("kill %d: %d of %d chunks done", i+1, done, all)
+		noKey := query(t, r.dst, `SELECT count(*)::text FROM pg_index WHERE indrelid = 'big'::regclass AND indisprimary`) == "0"
+		if noKey && !create {
+			dropped++
+		}
+		t.Logf("kill %d: %d of %d chunks done; target without its primary key: %v", i+1, done, all, noKey)
 	}
 	p := startProcess(t, "pgreplicate", snapshotArgs(r, n, extra...))
 	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
@@ -294,7 +323,13 @@ func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) 
 	t.Logf("writer: %v; target: %s; %d rows in %d chunks copied more than once (of %d rows)", w.ops, got, twice, chunks, n)
 	assert.Equal(t, "1", query(t, r.dst, `SELECT count(*)::text FROM pg_index WHERE indrelid = 'big'::regclass AND indisprimary`),
 		"the target table has its primary key")
+	if !create {
+		// Killed while its indexes were dropped for the copy (the first
+		// kill comes after a chunk is done), a restart creates them again.
+		assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
+	}
 	assert.Equal(t, 0, p.terminate(t))
+	return dropped
 }
 
 // TestSnapshotSchema joins a table with rows to the publication, adds
