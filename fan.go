@@ -2,6 +2,7 @@ package logical
 
 import (
 	"context"
+	"sync"
 
 	"github.com/logical-go/logical/internal/fan"
 	"github.com/pkg/errors"
@@ -15,11 +16,16 @@ const fanChunk = 100
 type fanEvents struct {
 	q       *fan.Queue[Table, Mutation]
 	batcher Batcher // the decorated form, for Factory.Immediate
+	sharder Sharder // Config.Target, if it is one
+
+	mu       sync.Mutex
+	oneShard map[Table]bool // tables seen: true if they go to one shard
 }
 
 func newFanEvents(ctx context.Context, cfg *Config, _ *Loop) *fanEvents {
 	target := cfg.Target
-	return &fanEvents{q: fan.New(ctx, fan.Config[Table, Mutation]{
+	sharder, _ := target.(Sharder)
+	return &fanEvents{sharder: sharder, oneShard: make(map[Table]bool), q: fan.New(ctx, fan.Config[Table, Mutation]{
 		Apply: func(ctx context.Context, table Table, muts []Mutation) error {
 			if err := target.Apply(ctx, table, muts); err != nil {
 				return errors.Wrapf(err, "logical: applying to %s", table)
@@ -47,12 +53,46 @@ func keyHash(m Mutation) uint64 {
 func (e *fanEvents) close() { e.q.Close() }
 
 func (e *fanEvents) OnBegin(context.Context) (Batch, error) {
-	return &fanBatch{b: e.q.Begin()}, nil
+	return &fanBatch{b: e.q.Begin(), e: e}, nil
+}
+
+// ordered reports whether the mutations of table go to one shard, in
+// order (see Sharder and MetaNoKey): the Target says so, or muts, or
+// earlier mutations of table, are marked MetaNoKey. Once true for a
+// table it stays true for the queue's life.
+func (e *fanEvents) ordered(ctx context.Context, table Table, muts []Mutation) (bool, error) {
+	e.mu.Lock()
+	one, known := e.oneShard[table]
+	e.mu.Unlock()
+	if one {
+		return true, nil
+	}
+	if !known && e.sharder != nil {
+		var err error
+		if one, err = e.sharder.OneShard(ctx, table); err != nil {
+			return false, errors.Wrapf(err, "logical: asking the target whether %s may be spread over fan shards", table)
+		}
+	}
+	if !one {
+		for i := range muts {
+			if noKey, _ := muts[i].Meta[MetaNoKey].(bool); noKey {
+				one = true
+				break
+			}
+		}
+	}
+	if one || !known {
+		e.mu.Lock()
+		e.oneShard[table] = e.oneShard[table] || one
+		e.mu.Unlock()
+	}
+	return one, nil
 }
 
 // fanBatch is one batch of the fan queue.
 type fanBatch struct {
 	b *fan.Batch[Table, Mutation]
+	e *fanEvents
 }
 
 func (b *fanBatch) Flush(ctx context.Context) error {
@@ -67,7 +107,15 @@ func (b *fanBatch) OnData(ctx context.Context, _ string, target Table, muts []Mu
 	if len(muts) == 0 {
 		return nil
 	}
-	err := b.b.Add(ctx, target, muts)
+	ordered, err := b.e.ordered(ctx, target, muts)
+	if err != nil {
+		return err
+	}
+	if ordered {
+		err = b.b.AddOrdered(ctx, target, muts)
+	} else {
+		err = b.b.Add(ctx, target, muts)
+	}
 	if errors.Is(err, fan.ErrEnded) {
 		return ErrBatchEnded
 	}

@@ -5,7 +5,8 @@
 // lane count). A lane is applied by one goroutine at a time, in the order
 // its items arrived, so two items of one key never overtake each other;
 // different lanes go in parallel. Items of a lane are grouped into chunks
-// of up to Chunk items, each applied with one call.
+// of up to Chunk items, each applied with one call. A table whose items
+// must keep their order across keys (Batch.AddOrdered) has a single lane.
 //
 // A fixed set of worker goroutines applies ready lanes. A goroutine that
 // waits for its batch (Flush, Commit, Rollback, or a full queue) applies
@@ -194,6 +195,21 @@ var ErrEnded = errors.New("batch used after OnCommit or OnRollback")
 // while the queue holds too many bytes. It returns the batch's first apply
 // error, if one happened already.
 func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
+	return b.add(ctx, table, items, false)
+}
+
+// AddOrdered is Add for items whose order matters across keys: table has
+// a single lane from now on, so its items, of every batch, are applied in
+// the order they were added. A table that had several lanes is switched
+// over first: AddOrdered hands over what is pending on them and waits,
+// applying ready lanes meanwhile, until they are applied, so that nothing
+// queued before overtakes what comes after. Later Add calls for table use
+// its single lane too.
+func (b *Batch[T, M]) AddOrdered(ctx context.Context, table T, items []M) error {
+	return b.add(ctx, table, items, true)
+}
+
+func (b *Batch[T, M]) add(ctx context.Context, table T, items []M, ordered bool) error {
 	q := b.q
 	size := 0
 	for i := range items {
@@ -217,6 +233,12 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 		return b.err
 	}
 	lanes := q.lanesLocked(table)
+	if ordered && len(lanes) > 1 {
+		var err error
+		if lanes, err = q.orderLocked(ctx, b, table); err != nil {
+			return err
+		}
+	}
 	n := uint64(len(lanes))
 	for i := range items {
 		itemSize := size // one item: its size is known
@@ -270,6 +292,45 @@ func (q *Queue[T, M]) lanesLocked(table T) []*lane[T, M] {
 		q.recent[0] = lanes
 	}
 	return lanes
+}
+
+// orderLocked gives table a single lane once every item queued on its
+// lanes is applied (see AddOrdered), and returns it. The caller holds q.mu.
+func (q *Queue[T, M]) orderLocked(ctx context.Context, b *Batch[T, M], table T) ([]*lane[T, M], error) {
+	for {
+		// Read again each time: another batch may add to the lanes, or
+		// switch the table over, while q.mu is released.
+		lanes := q.lanesLocked(table)
+		if len(lanes) == 1 {
+			return lanes, nil
+		}
+		idle := true
+		for _, ln := range lanes {
+			if len(ln.pending) > 0 {
+				q.handOverLocked(ln)
+			}
+			if ln.busy || len(ln.queue) > 0 {
+				idle = false
+			}
+		}
+		if idle {
+			one := []*lane[T, M]{{table: table}}
+			q.tables[table] = one
+			for i, r := range q.recent {
+				if r[0].table == table {
+					q.recent[i] = one
+				}
+			}
+			return one, nil
+		}
+		q.wakeLocked(len(q.ready))
+		if err := q.progressLocked(ctx); err != nil {
+			return nil, err
+		}
+		if b.err != nil {
+			return nil, b.err
+		}
+	}
 }
 
 // Flush waits until everything added so far is applied, and returns the
@@ -522,6 +583,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	}
 	ln.queue = ln.queue[:0]
 	ln.busy = false
+	q.notifyLocked() // an idle lane is what orderLocked waits for
 }
 
 // apply calls Config.Apply, turning a panic into an error that carries the

@@ -119,6 +119,9 @@ type relation struct {
 	name      string
 	columns   []string
 	key       []int // indexes of the key columns; all columns if none
+	// noKey is set when the key is the whole row (REPLICA IDENTITY FULL,
+	// or none): the mutations carry logical.MetaNoKey.
+	noKey bool
 
 	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
 }
@@ -241,6 +244,7 @@ func (p *processor) relation(m *pglogrepl.RelationMessage) error {
 			rel.key = append(rel.key, i)
 		}
 	}
+	rel.noKey = m.ReplicaIdentity == 'f' || len(rel.key) == 0
 	if len(rel.key) == 0 {
 		for i := range rel.columns {
 			rel.key = append(rel.key, i)
@@ -291,7 +295,12 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 		return errors.Errorf("pglogical: row change for unknown relation %d", relID)
 	}
 	mut := logical.Mutation{Time: p.begin.CommitTime}
-	if insert {
+	switch {
+	case rel.noKey && insert:
+		mut.Meta = noKeyInsertMeta
+	case rel.noKey:
+		mut.Meta = noKeyMeta
+	case insert:
 		mut.Meta = insertMeta
 	}
 	var err error
@@ -345,7 +354,7 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 			if err != nil {
 				return err
 			}
-			del := logical.Mutation{Key: oldKey, Before: before, Time: mut.Time}
+			del := logical.Mutation{Key: oldKey, Before: before, Time: mut.Time, Meta: mut.Meta}
 			return p.add(ctx, rel, del, mut)
 		}
 	}
@@ -403,6 +412,14 @@ func (p *processor) addAlone(ctx context.Context, rel *relation, mut logical.Mut
 // insertMeta is the Meta of every insert's mutation, shared: nobody
 // writes to a mutation's Meta.
 var insertMeta = map[string]any{logical.MetaInsert: true}
+
+// noKeyMeta and noKeyInsertMeta are the Meta of the mutations of a
+// relation whose key is the whole row (fan mode then keeps their order,
+// see logical.MetaNoKey), shared like insertMeta.
+var (
+	noKeyMeta       = map[string]any{logical.MetaNoKey: true}
+	noKeyInsertMeta = map[string]any{logical.MetaNoKey: true, logical.MetaInsert: true}
+)
 
 // rowJSON encodes a tuple as a JSON object, leaving out unchanged TOAST
 // values.
