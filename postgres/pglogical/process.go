@@ -61,7 +61,18 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		// The result of the oldest transaction in flight: a group that
+		// commits without waiting (fan mode) sends it while Process
+		// reads on.
+		var first <-chan error
+		if len(p.inflight) > 0 {
+			first = p.inflight[0].result
+		}
 		select {
+		case err := <-first:
+			if err := p.settled(err); err != nil {
+				return err
+			}
 		case msg, ok := <-ch:
 			if !ok {
 				return p.finish(ctx)
@@ -76,8 +87,12 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		case <-timer.C:
 		}
 		// Nothing more to read: commit what is grouped before waiting.
-		if len(ch) == 0 {
-			if err := p.commitGroup(ctx); err != nil {
+		// The results are taken as they arrive (settle, and the select
+		// above): in serial mode they are there when CommitGroup
+		// returned; in fan mode the group is applied while Process
+		// reads on.
+		if len(ch) == 0 && p.grouper != nil && p.batch == nil && len(p.inflight) > 0 && !p.groupBusy() {
+			if err := p.grouper.CommitGroup(ctx); err != nil {
 				return err
 			}
 		}
@@ -767,6 +782,14 @@ func (p *processor) commitGroup(ctx context.Context) error {
 		return err
 	}
 	return p.settleWait(ctx)
+}
+
+// groupBusy reports whether an earlier group is still being applied in
+// the background (fan mode): the open group then waits for its result,
+// which wakes Process, rather than commit small (logical.BusyGrouper).
+func (p *processor) groupBusy() bool {
+	g, ok := p.grouper.(logical.BusyGrouper)
+	return ok && g.GroupBusy()
 }
 
 // settle moves the committed position over the transactions whose commit
