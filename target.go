@@ -64,7 +64,9 @@ type Sharder interface {
 	// OneShard reports whether the mutations of table must be applied in
 	// the order given, by one shard. Fan mode calls it from the goroutine
 	// that adds the table's first mutation, once per table and fan queue
-	// (so once per loop iteration); an error fails that OnData call.
+	// (a loop iteration's, or for Factory.Immediate the Factory's), so a
+	// change of the answer counts from the next iteration; an error fails
+	// that OnData call.
 	OneShard(ctx context.Context, table Table) (bool, error)
 }
 

@@ -363,6 +363,12 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 						return err
 					}
 				}
+				if rel.noKey {
+					// Fan mode keeps such a table's mutations in
+					// order on one shard (MetaNoKey): no need to
+					// wait for everything before and after.
+					return p.add(ctx, rel, mut)
+				}
 				return p.addAlone(ctx, rel, mut)
 			}
 			before, err := keyObjectJSON(rel, old)

@@ -62,14 +62,24 @@ func uval(id, round int) string { return fmt.Sprintf("u%d", (id-1+round)%40+1) }
 // backlog (read while the target is slow, so that many transactions share
 // a group and their groups are applied together) and live. The target
 // must equal the source, without a restart on a unique violation.
+//
+// Serial mode runs the same, as the reference.
 func TestFanLanes(t *testing.T) {
-	for _, oneTx := range []bool{true, false} {
-		t.Run(fmt.Sprintf("oneTx=%v", oneTx), func(t *testing.T) {
+	for _, tc := range []struct {
+		mode  string
+		flags []string
+		oneTx bool
+	}{
+		{"immediate", []string{"--immediate", "--fanShards", "8"}, true},
+		{"immediate", []string{"--immediate", "--fanShards", "8"}, false},
+		{"serial", nil, false},
+	} {
+		flags, oneTx := tc.flags, tc.oneTx
+		t.Run(fmt.Sprintf("%s/oneTx=%v", tc.mode, oneTx), func(t *testing.T) {
 			t.Parallel()
 			r := newReplication(t, lanesTables...)
 			r.src.Exec(t, `INSERT INTO uniq SELECT g, 'u' || g, 0 FROM generate_series(1, 40) g`)
 			r.createSlot(t)
-			flags := []string{"--immediate", "--fanShards", "8"}
 			// The backlog.
 			for round := range 3 {
 				r.src.Exec(t, lanesChanges(round, oneTx)...)
