@@ -42,14 +42,16 @@ type Config struct {
 	// ChaosSeed seeds the chaos fault sequence; zero picks a random seed.
 	ChaosSeed int64
 	// FanShards is the number of concurrent Target.Apply calls per loop in
-	// fan mode. Default 16.
+	// fan mode. Default 16. Each shard applies what several batches queued
+	// for a table in one call, so a few shards per target core are
+	// usually enough: more mostly contend at the target.
 	FanShards int
 	// ForeignKeys applies the mutations of a batch parents first (deletes
 	// children first), using the Target's Orderer. It cannot be combined
 	// with Immediate.
 	ForeignKeys bool
 	// GroupMax is the most batches a dialect can group into one target
-	// transaction (one drain of the queue in fan mode) through Grouper,
+	// transaction (one hand-over to the fan queue in fan mode) through Grouper,
 	// while a backlog is queued; a group also ends once it holds
 	// BytesInFlight bytes of mutation data. Default 1000; 1 turns
 	// grouping off.

@@ -182,8 +182,8 @@
 // target commit each. The Events given to Process are a Grouper: a
 // dialect that opens its batches with OnBeginGrouped, and calls
 // CommitGroup as soon as it has nothing more to read, gets consecutive
-// batches merged into one target transaction (one drain of the queue in
-// fan mode), up to Config.GroupMax batches, with the rows of each table
+// batches merged into one target transaction (in fan mode: one hand-over
+// to the workers, applied while the dialect reads on), up to Config.GroupMax batches, with the rows of each table
 // merged into one Target call. On an idle source each group is a single
 // batch committed at once, so grouping adds no latency. Groups end only
 // between batches: a source transaction is never visible in part, and

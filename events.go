@@ -49,8 +49,9 @@ type Batch interface {
 	// nothing. After OnCommit or OnRollback it returns ErrBatchEnded.
 	Flush(ctx context.Context) error
 
-	// OnCommit ends the batch: serial mode commits the transaction, fan
-	// mode waits for the queue to drain. The channel receives exactly one
+	// OnCommit ends the batch: serial mode commits the transaction; fan
+	// mode hands the batch's mutations to the workers, and the channel
+	// receives the result once they are applied. The channel receives exactly one
 	// value, nil or the error, and is then closed. The consistent point
 	// should only move past the batch's data once nil was received. A
 	// second OnCommit, or one after OnRollback, receives ErrBatchEnded.

@@ -3,12 +3,13 @@ package logical
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pkg/errors"
 )
 
 // A Grouper puts consecutive batches into one target transaction (serial
-// mode) or one drain of the fan queue (fan mode), so that a backlog of
+// mode) or one hand-over to the fan queue (fan mode), so that a backlog of
 // small source transactions costs one commit per group instead of one per
 // transaction. The Events that Process receives from the loop are
 // Groupers in every mode; a dialect opts in by calling OnBeginGrouped
@@ -45,9 +46,13 @@ type Grouper interface {
 	// batch while another is open is an error.
 	OnBeginGrouped(ctx context.Context) (Batch, error)
 
-	// CommitGroup commits the open group, if any, and returns after the
-	// result is in the OnCommit channel of each of its batches; it
-	// returns that result too. It is an error while a grouped batch is
+	// CommitGroup commits the open group, if any. In serial mode it
+	// returns after the result is in the OnCommit channel of each of its
+	// batches, and returns that result too. In fan mode it hands the
+	// group to the workers and returns nil at once: the results arrive
+	// in the channels once the group is applied, while the dialect reads
+	// on (see BusyGrouper); a dialect that needs everything applied
+	// waits for those channels. It is an error while a grouped batch is
 	// open (between OnBeginGrouped and its OnCommit).
 	CommitGroup(ctx context.Context) error
 }
@@ -71,6 +76,9 @@ type groupBatcher struct {
 	inner    Batcher
 	maxCount int // Config.GroupMax
 	maxBytes int // Config.BytesInFlight
+
+	// Groups committed without waiting (fan mode) and not yet applied.
+	applying atomic.Int32
 
 	mu      sync.Mutex
 	open    Batch         // the group's batch of inner; nil if none
@@ -160,6 +168,10 @@ func (g *groupBatcher) commitLocked(ctx context.Context) error {
 		return nil
 	}
 	err := g.handOverLocked(ctx)
+	if err == nil && isAsync(g.open) {
+		g.commitAsyncLocked(ctx) // fan.go
+		return nil
+	}
 	if err != nil {
 		_ = g.open.OnRollback(ctx)
 	} else {

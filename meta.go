@@ -28,4 +28,14 @@ const (
 	// MetaTruncateRestart (value true), on a MetaTruncate mutation, says
 	// the source's TRUNCATE restarted the tables' identity sequences.
 	MetaTruncateRestart = "logical.truncate.restart"
+
+	// MetaNoKey (value true) says that the source has no key for the
+	// mutation's table and Key holds the whole row (PostgreSQL's REPLICA
+	// IDENTITY FULL, or no replica identity): Key changes with the row's
+	// values, so two mutations of one row may have different Keys, and
+	// a Target with a key of its own finds the row by other values.
+	// Fan mode keeps the order of each Key only, so it applies every
+	// mutation of such a table on one shard, in the order given, from
+	// the first one so marked on (see Sharder). A Target may ignore it.
+	MetaNoKey = "logical.nokey"
 )

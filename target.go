@@ -48,6 +48,28 @@ type Orderer interface {
 	Order(ctx context.Context, schema string) ([][]Table, error)
 }
 
+// A Sharder is a Target that knows which of its tables fan mode must not
+// spread over shards. Fan mode (backfill, Config.Immediate) applies the
+// mutations of different keys of a table concurrently and keeps only each
+// key's order; that is wrong for a table whose rows the Target finds by
+// other values than Mutation.Key (it has no key), or whose rows of
+// different keys depend on each other (a unique or exclusion constraint
+// besides the key: a source that swaps two rows' values through a
+// temporary one must be applied in its order). For a table for which
+// OneShard reports true, every mutation goes to one shard and is applied
+// in the order given, across batches too; other tables stay spread by
+// key. Without Sharder every table is spread (unless its mutations carry
+// MetaNoKey).
+type Sharder interface {
+	// OneShard reports whether the mutations of table must be applied in
+	// the order given, by one shard. Fan mode calls it from the goroutine
+	// that adds the table's first mutation, once per table and fan queue
+	// (a loop iteration's, or for Factory.Immediate the Factory's), so a
+	// change of the answer counts from the next iteration; an error fails
+	// that OnData call.
+	OneShard(ctx context.Context, table Table) (bool, error)
+}
+
 // MemoryTarget is a transactional in-memory Target, keyed by the JSON of
 // Mutation.Key. It is meant for tests and demos and offers read helpers. All
 // methods are safe for concurrent use.

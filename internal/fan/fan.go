@@ -5,7 +5,10 @@
 // lane count). A lane is applied by one goroutine at a time, in the order
 // its items arrived, so two items of one key never overtake each other;
 // different lanes go in parallel. Items of a lane are grouped into chunks
-// of up to Chunk items, each applied with one call.
+// of up to Chunk items; the chunks queued on a lane when it runs (of one
+// batch or of several) are applied together, in order, in calls of up to
+// MaxApply items. A table whose items must keep their order across keys
+// (Batch.AddOrdered) has a single lane.
 //
 // A fixed set of worker goroutines applies ready lanes. A goroutine that
 // waits for its batch (Flush, Commit, Rollback, or a full queue) applies
@@ -70,8 +73,16 @@ type Config[T comparable, M any] struct {
 	// Workers is the number of worker goroutines, and the number of lanes
 	// per table.
 	Workers int
-	// Chunk is the most items per Apply call.
+	// Chunk is how many items of one batch a lane gathers before it
+	// hands them over to be applied.
 	Chunk int
+	// MaxApply is the most items per Apply call: a lane that has several
+	// chunks queued (of one batch or of several) applies them together,
+	// in order, in calls of up to MaxApply items, so that a backlog of
+	// small batches costs one call per lane and not one per batch. Zero
+	// means Chunk. A chunk is never split: a call holds at least one
+	// whole chunk.
+	MaxApply int
 	// Limit bounds the queued bytes: Add waits while adding would exceed
 	// it, unless the queue is empty.
 	Limit int64
@@ -90,6 +101,7 @@ type Queue[T comparable, M any] struct {
 	changed   chan struct{} // closed when a chunk completes; made lazily
 	idle      int           // workers waiting on work
 	closed    bool
+	async     int                          // batches committed with CommitAsync whose callback is due
 	took      [recentApplies]time.Duration // the last measured apply durations
 	tookNext  int                          // where the next one goes in took
 	lastSlow  bool                         // the last measured apply was slow
@@ -126,6 +138,9 @@ func New[T comparable, M any](ctx context.Context, cfg Config[T, M]) *Queue[T, M
 	if cfg.Chunk < 1 {
 		cfg.Chunk = 1
 	}
+	if cfg.MaxApply < cfg.Chunk {
+		cfg.MaxApply = cfg.Chunk
+	}
 	q := &Queue[T, M]{cfg: cfg, ctx: ctx, tables: make(map[T][]*lane[T, M])}
 	q.recent = q.recentBuf[:0]
 	q.work.L = &q.mu
@@ -144,6 +159,59 @@ func (q *Queue[T, M]) Close() {
 	q.work.Broadcast()
 	q.mu.Unlock()
 	q.wg.Wait()
+	// Nobody waits for the batches committed with CommitAsync: end them
+	// here. A lane being run by a batch that waits finishes on its own.
+	q.mu.Lock()
+	done := q.dropAsyncLocked()
+	q.mu.Unlock()
+	for _, f := range done {
+		f()
+	}
+}
+
+// dropAsyncLocked drops the chunks of the batches committed with
+// CommitAsync from the lanes nobody runs, after Close, and returns the
+// callbacks to call once q.mu is released.
+func (q *Queue[T, M]) dropAsyncLocked() []func() {
+	var done []func()
+	for _, lanes := range q.tables {
+		for _, ln := range lanes {
+			if ln.busy {
+				continue
+			}
+			kept := ln.queue[:0]
+			for i := range ln.queue {
+				c := ln.queue[i]
+				ln.queue[i] = chunk[T, M]{}
+				b := c.batch
+				if b.done == nil {
+					kept = append(kept, c) // its batch waits and applies it
+					continue
+				}
+				b.dropped = true
+				b.outstanding--
+				q.bytes -= int64(c.bytes)
+				if b.outstanding == 0 {
+					done = append(done, b.finishLocked())
+				}
+			}
+			ln.queue = kept
+		}
+	}
+	q.notifyLocked()
+	return done
+}
+
+// finishLocked takes the CommitAsync callback of b, whose chunks are all
+// done, and returns the call to make once q.mu is released.
+func (b *Batch[T, M]) finishLocked() func() {
+	done, err := b.done, b.err
+	b.done = nil
+	b.q.async--
+	if err == nil && b.dropped {
+		err = ErrClosed
+	}
+	return func() { done(err) }
 }
 
 // Bytes returns the bytes queued and not yet applied.
@@ -185,6 +253,7 @@ type Batch[T comparable, M any] struct {
 	err         error
 	dropped     bool
 	ended       bool
+	done        func(error) // CommitAsync's callback, until it is called
 }
 
 // ErrEnded is returned by Add after Commit or Rollback.
@@ -194,6 +263,21 @@ var ErrEnded = errors.New("batch used after OnCommit or OnRollback")
 // while the queue holds too many bytes. It returns the batch's first apply
 // error, if one happened already.
 func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
+	return b.add(ctx, table, items, false)
+}
+
+// AddOrdered is Add for items whose order matters across keys: table has
+// a single lane from now on, so its items, of every batch, are applied in
+// the order they were added. A table that had several lanes is switched
+// over first: AddOrdered hands over what is pending on them and waits,
+// applying ready lanes meanwhile, until they are applied, so that nothing
+// queued before overtakes what comes after. Later Add calls for table use
+// its single lane too.
+func (b *Batch[T, M]) AddOrdered(ctx context.Context, table T, items []M) error {
+	return b.add(ctx, table, items, true)
+}
+
+func (b *Batch[T, M]) add(ctx context.Context, table T, items []M, ordered bool) error {
 	q := b.q
 	size := 0
 	for i := range items {
@@ -217,6 +301,12 @@ func (b *Batch[T, M]) Add(ctx context.Context, table T, items []M) error {
 		return b.err
 	}
 	lanes := q.lanesLocked(table)
+	if ordered && len(lanes) > 1 {
+		var err error
+		if lanes, err = q.orderLocked(ctx, b, table); err != nil {
+			return err
+		}
+	}
 	n := uint64(len(lanes))
 	for i := range items {
 		itemSize := size // one item: its size is known
@@ -272,8 +362,51 @@ func (q *Queue[T, M]) lanesLocked(table T) []*lane[T, M] {
 	return lanes
 }
 
-// Flush waits until everything added so far is applied, and returns the
-// batch's first apply error.
+// orderLocked gives table a single lane once every item queued on its
+// lanes is applied (see AddOrdered), and returns it. The caller holds q.mu.
+func (q *Queue[T, M]) orderLocked(ctx context.Context, b *Batch[T, M], table T) ([]*lane[T, M], error) {
+	for {
+		// Read again each time: another batch may add to the lanes, or
+		// switch the table over, while q.mu is released.
+		lanes := q.lanesLocked(table)
+		if len(lanes) == 1 {
+			return lanes, nil
+		}
+		idle := true
+		for _, ln := range lanes {
+			if len(ln.pending) > 0 {
+				q.handOverLocked(ln)
+			}
+			if ln.busy || len(ln.queue) > 0 {
+				idle = false
+			}
+		}
+		if idle {
+			one := []*lane[T, M]{{table: table}}
+			q.tables[table] = one
+			for i, r := range q.recent {
+				if r[0].table == table {
+					q.recent[i] = one
+				}
+			}
+			return one, nil
+		}
+		q.wakeLocked(len(q.ready))
+		if err := q.progressLocked(ctx); err != nil {
+			return nil, err
+		}
+		if b.err != nil {
+			return nil, b.err
+		}
+	}
+}
+
+// Flush waits until everything added so far is applied: the batch's
+// items, and those of every batch committed with CommitAsync before, of
+// any table and lane. So an item added after Flush is applied after all
+// of them, whatever its key, as a change that touches several keys (a
+// key move, a truncate) needs. It returns the batch's first apply error;
+// the other batches report theirs to their own callbacks.
 func (b *Batch[T, M]) Flush(ctx context.Context) error {
 	q := b.q
 	q.mu.Lock()
@@ -281,7 +414,16 @@ func (b *Batch[T, M]) Flush(ctx context.Context) error {
 	if b.ended {
 		return ErrEnded
 	}
-	return b.drainLocked(ctx)
+	if err := b.drainLocked(ctx); err != nil {
+		return err
+	}
+	for q.async > 0 {
+		q.wakeLocked(len(q.ready))
+		if err := q.progressLocked(ctx); err != nil {
+			return err
+		}
+	}
+	return b.err
 }
 
 // Commit flushes and ends the batch.
@@ -297,6 +439,75 @@ func (b *Batch[T, M]) Commit(ctx context.Context) error {
 	return err
 }
 
+// ErrClosed is what CommitAsync reports for a batch whose items were
+// dropped because the queue was closed before they were applied.
+var ErrClosed = errors.New("fan: the queue was closed before the batch was applied")
+
+// CommitAsync ends the batch without waiting: its items are handed over
+// to the workers, and done is called once with the batch's first apply
+// error (nil once everything is applied), from a goroutine of the queue or
+// from this call. done must not block, nor call the queue. After Close,
+// items not yet applied are dropped and done receives ErrClosed.
+// Batches committed one after another keep the order of the items of
+// each key: CommitAsync does not wait, but lanes apply in order.
+func (b *Batch[T, M]) CommitAsync(done func(error)) {
+	q := b.q
+	q.mu.Lock()
+	if b.ended {
+		q.mu.Unlock()
+		done(ErrEnded)
+		return
+	}
+	b.ended = true
+	if q.closed {
+		b.dropPendingLocked()
+		b.dropped = true
+		if b.outstanding > 0 {
+			b.done = done
+			q.async++
+			finish := q.dropAsyncLocked()
+			q.mu.Unlock()
+			for _, f := range finish {
+				f()
+			}
+			return
+		}
+	} else {
+		for _, ln := range b.lanes {
+			if ln.pendingBatch == b && len(ln.pending) > 0 {
+				q.handOverLocked(ln)
+			}
+		}
+		b.lanes = nil
+	}
+	if b.outstanding > 0 {
+		b.done = done
+		q.async++
+		q.wakeLocked(len(q.ready))
+		q.mu.Unlock()
+		return
+	}
+	err := b.err
+	if b.dropped && err == nil {
+		err = ErrClosed
+	}
+	q.mu.Unlock()
+	done(err)
+}
+
+// dropPendingLocked drops the batch's items not yet handed over.
+func (b *Batch[T, M]) dropPendingLocked() {
+	q := b.q
+	for _, ln := range b.lanes {
+		if ln.pendingBatch == b && len(ln.pending) > 0 {
+			q.bytes -= int64(ln.pendingBytes)
+			q.putSliceLocked(ln.pending)
+			ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
+		}
+	}
+	b.lanes = nil
+}
+
 // Rollback drops what is not yet applied, waits for what is being applied,
 // and ends the batch.
 func (b *Batch[T, M]) Rollback(ctx context.Context) error {
@@ -308,14 +519,7 @@ func (b *Batch[T, M]) Rollback(ctx context.Context) error {
 	}
 	b.ended = true
 	b.dropped = true
-	for _, ln := range b.lanes {
-		if ln.pendingBatch == b && len(ln.pending) > 0 {
-			q.bytes -= int64(ln.pendingBytes)
-			q.putSliceLocked(ln.pending)
-			ln.pending, ln.pendingBytes, ln.pendingBatch = nil, 0, nil
-		}
-	}
-	b.lanes = nil
+	b.dropPendingLocked()
 	for b.outstanding > 0 {
 		if err := q.progressLocked(ctx); err != nil {
 			return err
@@ -473,12 +677,15 @@ func (q *Queue[T, M]) notifyLocked() {
 }
 
 // runLocked applies the chunks of ln in order until its queue is empty,
-// under ctx. It releases q.mu around each apply. The caller holds q.mu.
+// under ctx. Consecutive chunks go in one Apply call of up to
+// Config.MaxApply items. It releases q.mu around each apply. The caller
+// holds q.mu.
 func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	ln.busy = true
+	var finished []func() // CommitAsync callbacks due
 	// Index rather than reslice, so that the queue keeps its capacity;
 	// Add may append to it while q.mu is released.
-	for i := 0; i < len(ln.queue); i++ {
+	for i := 0; i < len(ln.queue); {
 		if i >= compactAfter && i >= len(ln.queue)/2 {
 			// A lane that never runs dry would otherwise keep every
 			// applied entry: drop them.
@@ -486,15 +693,39 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			clear(ln.queue[n:])
 			ln.queue, i = ln.queue[:n], 0
 		}
-		c := ln.queue[i]
-		ln.queue[i] = chunk[T, M]{}
-		b := c.batch
+		// The run [i, j) of chunks applied together: those of live
+		// batches, up to MaxApply items.
+		j, n := i, 0
+		for j < len(ln.queue) {
+			c := &ln.queue[j]
+			if c.batch.dropped || c.batch.err != nil {
+				if j == i {
+					j++ // skipped on its own below
+				}
+				break
+			}
+			if j > i && n+len(c.items) > q.cfg.MaxApply {
+				break
+			}
+			n += len(c.items)
+			j++
+		}
+		run := ln.queue[i:j]
+		var err error
+		first := run[0].batch
 		switch {
-		case b.dropped || b.err != nil:
+		case first.dropped || first.err != nil:
 			// skipped: rolled back, or already failed
 		case ctx.Err() != nil:
-			b.err = errors.WithStack(ctx.Err())
+			err = errors.WithStack(ctx.Err())
 		default:
+			items := run[0].items
+			if len(run) > 1 {
+				items = make([]M, 0, n)
+				for k := range run {
+					items = append(items, run[k].items...)
+				}
+			}
 			q.applies++
 			timed := q.slow || q.lastSlow || q.applies%sampleEvery == 0
 			q.mu.Unlock()
@@ -502,7 +733,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			if timed {
 				start = time.Now()
 			}
-			err := q.apply(ctx, ln.table, c.items)
+			err = q.apply(ctx, ln.table, items)
 			var took time.Duration
 			if timed {
 				took = time.Since(start)
@@ -511,17 +742,44 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 			if timed {
 				q.recordLocked(took)
 			}
-			if err != nil && b.err == nil {
-				b.err = err
+			if len(run) > 1 {
+				clear(items)
 			}
 		}
-		b.outstanding--
-		q.bytes -= int64(c.bytes)
-		q.putSliceLocked(c.items)
+		// run still aliases ln.queue[i:j]: Add only appends, and
+		// compaction happens here.
+		run = ln.queue[i:j]
+		for k := range run {
+			c := run[k]
+			run[k] = chunk[T, M]{}
+			b := c.batch
+			if err != nil && b.err == nil && !b.dropped {
+				b.err = err
+			}
+			b.outstanding--
+			q.bytes -= int64(c.bytes)
+			q.putSliceLocked(c.items)
+			if b.outstanding == 0 && b.done != nil {
+				finished = append(finished, b.finishLocked())
+			}
+		}
 		q.notifyLocked()
+		i = j
+		if len(finished) > 0 {
+			// The callbacks run without q.mu; Add may append to
+			// ln.queue meanwhile, which the loop reads again.
+			q.mu.Unlock()
+			for k, f := range finished {
+				f()
+				finished[k] = nil
+			}
+			finished = finished[:0]
+			q.mu.Lock()
+		}
 	}
 	ln.queue = ln.queue[:0]
 	ln.busy = false
+	q.notifyLocked() // an idle lane is what orderLocked waits for
 }
 
 // apply calls Config.Apply, turning a panic into an error that carries the

@@ -31,11 +31,24 @@ type fuzzBatch struct {
 	ended    bool
 	ok       bool // committed without error
 	doneSeen int  // items of the batch applied when it ended
+	// CommitAsync: result receives the callback's error, and doneSeen
+	// is set when it comes.
+	async  bool
+	result chan error
 }
 
-// FuzzQueue drives a queue with a random sequence of Begin, Add, Flush,
-// Commit and Rollback over up to three open batches (one goroutine, as the
-// loop does) and checks it against a simple model:
+// flushCheck is a successful Flush, to be checked once the results of
+// the batches committed with CommitAsync before it are known: those that
+// succeeded were applied whole when Flush returned.
+type flushCheck struct {
+	applied map[int]bool
+	before  []*fuzzBatch
+}
+
+// FuzzQueue drives a queue with a random sequence of Begin, Add,
+// AddOrdered, Flush, Commit, CommitAsync and Rollback over up to three open
+// batches (one goroutine, as the loop does), with merged Applies
+// (MaxApply), and checks it against a simple model:
 //   - items of one table and key are applied in the order they were added,
 //     each at most once;
 //   - after a successful Flush or Commit every item the batch added so far
@@ -43,7 +56,13 @@ type fuzzBatch struct {
 //   - a batch that rolled back or failed has, per key, applied a prefix of
 //     its items (never a later one without the earlier), and nothing of a
 //     batch is applied once Commit or Rollback returned;
-//   - a batch refuses Add, Flush and Commit once ended; no bytes are left.
+//   - a batch refuses Add, Flush and Commit once ended; no bytes are left;
+//   - a CommitAsync callback comes once: nil once every item is applied,
+//     else an apply error as for Commit; a successful Flush returns after
+//     every batch committed with CommitAsync before it that succeeds is
+//     applied whole (whatever the keys);
+//   - table 2 is ordered from its first AddOrdered on: its items from
+//     then on are applied in the order added, after every earlier one.
 func FuzzQueue(f *testing.F) {
 	f.Add([]byte{0, 1, 0, 2, 0, 3, 2, 0, 3, 0}, uint8(2), uint8(2), uint16(4))
 	f.Add([]byte{0, 5, 8, 5, 0, 6, 4, 0, 3, 0, 3, 8}, uint8(1), uint8(1), uint16(1))
@@ -68,11 +87,12 @@ func FuzzQueue(f *testing.F) {
 				}
 				return err
 			},
-			Hash:    func(it fuzzItem) uint64 { return uint64(it.key) * 0x9e3779b97f4a7c15 },
-			Size:    func(fuzzItem) int { return 1 },
-			Workers: int(workers%4) + 1,
-			Chunk:   int(chunk%4) + 1,
-			Limit:   int64(limit%16) + 1,
+			Hash:     func(it fuzzItem) uint64 { return uint64(it.key) * 0x9e3779b97f4a7c15 },
+			Size:     func(fuzzItem) int { return 1 },
+			Workers:  int(workers%4) + 1,
+			Chunk:    int(chunk%4) + 1,
+			MaxApply: int(limit>>4) % 9, // 0: Chunk
+			Limit:    int64(limit%16) + 1,
 		})
 		defer q.Close()
 
@@ -97,19 +117,25 @@ func FuzzQueue(f *testing.F) {
 				}
 			}
 		}
-		// checkErr: an error must be the apply error of one of the
-		// batch's own items, applied already.
-		checkErr := func(fb *fuzzBatch, what string, err error) {
+		var allBatches []*fuzzBatch
+		all := &allBatches
+		// checkErr: an error must be the apply error of a failing item
+		// applied already: one of the batch's own, or of another batch
+		// whose chunks the same lane applied in one merged Apply call
+		// (Config.MaxApply), which fails every batch in it.
+		checkErr := func(_ *fuzzBatch, what string, err error) {
 			if !errors.Is(err, errApply) {
 				t.Fatalf("%s: unexpected error %v", what, err)
 			}
 			got := appliedIDs()
-			for _, a := range fb.items {
-				if a.item.fail && got[a.item.id] {
-					return
+			for _, b := range *all {
+				for _, a := range b.items {
+					if a.item.fail && got[a.item.id] {
+						return
+					}
 				}
 			}
-			t.Fatalf("%s failed although none of the batch's failing items was applied", what)
+			t.Fatalf("%s failed although no failing item was applied", what)
 		}
 		countOf := func(fb *fuzzBatch) int {
 			got := appliedIDs()
@@ -123,16 +149,31 @@ func FuzzQueue(f *testing.F) {
 		}
 
 		var slots [3]*fuzzBatch
-		var all []*fuzzBatch
 		nextID := 0
+		firstOrdered := -1 // the first id added to table 2 with AddOrdered
+		var asyncs []*fuzzBatch
+		var flushes []flushCheck
 		for i := 0; i+1 < len(ops); i += 2 {
 			code, arg := ops[i], ops[i+1]
 			slot := int(code>>3) % len(slots)
 			fb := slots[slot]
+			if fb != nil && code%8 == 5 && arg&1 == 1 {
+				// CommitAsync
+				if !fb.ended {
+					fb.ended, fb.async, fb.result = true, true, make(chan error, 1)
+					asyncs = append(asyncs, fb)
+					fb := fb
+					fb.b.CommitAsync(func(err error) {
+						fb.doneSeen = countOf(fb)
+						fb.result <- err
+					})
+				}
+				continue
+			}
 			if fb == nil || code%8 == 5 {
 				fb = &fuzzBatch{b: q.Begin()}
 				slots[slot] = fb
-				all = append(all, fb)
+				*all = append(*all, fb)
 			}
 			ctx, cancel := op()
 			switch code % 8 {
@@ -144,7 +185,15 @@ func FuzzQueue(f *testing.F) {
 					items[j] = fuzzItem{key: (arg>>2 + uint8(j)) % 8, id: nextID, fail: arg == 0xff && j == 0}
 					nextID++
 				}
-				err := fb.b.Add(ctx, table, items)
+				var err error
+				if table == 2 && arg&2 != 0 {
+					err = fb.b.AddOrdered(ctx, table, items)
+					if err == nil && firstOrdered < 0 && !fb.ended {
+						firstOrdered = items[0].id
+					}
+				} else {
+					err = fb.b.Add(ctx, table, items)
+				}
 				switch {
 				case fb.ended:
 					if !errors.Is(err, ErrEnded) {
@@ -168,6 +217,7 @@ func FuzzQueue(f *testing.F) {
 					checkErr(fb, "Flush", err)
 				default:
 					mustAll(fb, "Flush")
+					flushes = append(flushes, flushCheck{applied: appliedIDs(), before: append([]*fuzzBatch(nil), asyncs...)})
 				}
 			case 3: // Commit
 				err := fb.b.Commit(ctx)
@@ -195,7 +245,7 @@ func FuzzQueue(f *testing.F) {
 			}
 			cancel()
 		}
-		for _, fb := range all {
+		for _, fb := range *all {
 			if !fb.ended {
 				ctx, cancel := op()
 				if err := fb.b.Rollback(ctx); err != nil {
@@ -203,6 +253,32 @@ func FuzzQueue(f *testing.F) {
 				}
 				cancel()
 				fb.ended, fb.doneSeen = true, countOf(fb)
+			}
+		}
+		for i, fb := range asyncs {
+			select {
+			case err := <-fb.result:
+				switch {
+				case err == nil:
+					mustAll(fb, "CommitAsync")
+					fb.ok = true
+				default:
+					checkErr(fb, "CommitAsync", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the CommitAsync callback of batch %d never came", i)
+			}
+		}
+		for _, f := range flushes {
+			for _, fb := range f.before {
+				if !fb.ok {
+					continue
+				}
+				for _, a := range fb.items {
+					if !f.applied[a.item.id] {
+						t.Fatalf("Flush returned before item %d of a batch committed with CommitAsync before it was applied", a.item.id)
+					}
+				}
 			}
 		}
 		if b := q.Bytes(); b != 0 {
@@ -221,10 +297,29 @@ func FuzzQueue(f *testing.F) {
 			}
 			last[k] = a.item.id
 		}
+		// Table 2 from its first AddOrdered on.
+		if firstOrdered >= 0 {
+			seenOrdered, lastOrdered := false, -1
+			for _, a := range log {
+				if a.table != 2 {
+					continue
+				}
+				if a.item.id >= firstOrdered {
+					if a.item.id <= lastOrdered {
+						mu.Unlock()
+						t.Fatalf("table 2: item %d applied after item %d, both added once it was ordered", a.item.id, lastOrdered)
+					}
+					seenOrdered, lastOrdered = true, a.item.id
+				} else if seenOrdered {
+					mu.Unlock()
+					t.Fatalf("table 2: item %d, added before it was ordered, applied after item %d", a.item.id, lastOrdered)
+				}
+			}
+		}
 		mu.Unlock()
 
 		got := appliedIDs()
-		for i, fb := range all {
+		for i, fb := range *all {
 			if n := countOf(fb); n != fb.doneSeen {
 				t.Fatalf("batch %d: %d items applied after it ended (%d when it ended)", i, n-fb.doneSeen, fb.doneSeen)
 			}

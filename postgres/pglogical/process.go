@@ -61,7 +61,18 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		// The result of the oldest transaction in flight: a group that
+		// commits without waiting (fan mode) sends it while Process
+		// reads on.
+		var first <-chan error
+		if len(p.inflight) > 0 {
+			first = p.inflight[0].result
+		}
 		select {
+		case err := <-first:
+			if err := p.settled(err); err != nil {
+				return err
+			}
 		case msg, ok := <-ch:
 			if !ok {
 				return p.finish(ctx)
@@ -76,8 +87,12 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		case <-timer.C:
 		}
 		// Nothing more to read: commit what is grouped before waiting.
-		if len(ch) == 0 {
-			if err := p.commitGroup(ctx); err != nil {
+		// The results are taken as they arrive (settle, and the select
+		// above): in serial mode they are there when CommitGroup
+		// returned; in fan mode the group is applied while Process
+		// reads on.
+		if len(ch) == 0 && p.grouper != nil && p.batch == nil && len(p.inflight) > 0 && !p.groupBusy() {
+			if err := p.grouper.CommitGroup(ctx); err != nil {
 				return err
 			}
 		}
@@ -119,6 +134,9 @@ type relation struct {
 	name      string
 	columns   []string
 	key       []int // indexes of the key columns; all columns if none
+	// noKey is set when the key is the whole row (REPLICA IDENTITY FULL,
+	// or none): the mutations carry logical.MetaNoKey.
+	noKey bool
 
 	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
 }
@@ -241,6 +259,7 @@ func (p *processor) relation(m *pglogrepl.RelationMessage) error {
 			rel.key = append(rel.key, i)
 		}
 	}
+	rel.noKey = m.ReplicaIdentity == 'f' || len(rel.key) == 0
 	if len(rel.key) == 0 {
 		for i := range rel.columns {
 			rel.key = append(rel.key, i)
@@ -291,7 +310,12 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 		return errors.Errorf("pglogical: row change for unknown relation %d", relID)
 	}
 	mut := logical.Mutation{Time: p.begin.CommitTime}
-	if insert {
+	switch {
+	case rel.noKey && insert:
+		mut.Meta = noKeyInsertMeta
+	case rel.noKey:
+		mut.Meta = noKeyMeta
+	case insert:
 		mut.Meta = insertMeta
 	}
 	var err error
@@ -339,13 +363,19 @@ func (p *processor) change(ctx context.Context, relID uint32, oldType uint8, old
 						return err
 					}
 				}
+				if rel.noKey {
+					// Fan mode keeps such a table's mutations in
+					// order on one shard (MetaNoKey): no need to
+					// wait for everything before and after.
+					return p.add(ctx, rel, mut)
+				}
 				return p.addAlone(ctx, rel, mut)
 			}
 			before, err := keyObjectJSON(rel, old)
 			if err != nil {
 				return err
 			}
-			del := logical.Mutation{Key: oldKey, Before: before, Time: mut.Time}
+			del := logical.Mutation{Key: oldKey, Before: before, Time: mut.Time, Meta: mut.Meta}
 			return p.add(ctx, rel, del, mut)
 		}
 	}
@@ -403,6 +433,14 @@ func (p *processor) addAlone(ctx context.Context, rel *relation, mut logical.Mut
 // insertMeta is the Meta of every insert's mutation, shared: nobody
 // writes to a mutation's Meta.
 var insertMeta = map[string]any{logical.MetaInsert: true}
+
+// noKeyMeta and noKeyInsertMeta are the Meta of the mutations of a
+// relation whose key is the whole row (fan mode then keeps their order,
+// see logical.MetaNoKey), shared like insertMeta.
+var (
+	noKeyMeta       = map[string]any{logical.MetaNoKey: true}
+	noKeyInsertMeta = map[string]any{logical.MetaNoKey: true, logical.MetaInsert: true}
+)
 
 // rowJSON encodes a tuple as a JSON object, leaving out unchanged TOAST
 // values.
@@ -750,6 +788,14 @@ func (p *processor) commitGroup(ctx context.Context) error {
 		return err
 	}
 	return p.settleWait(ctx)
+}
+
+// groupBusy reports whether an earlier group is still being applied in
+// the background (fan mode): the open group then waits for its result,
+// which wakes Process, rather than commit small (logical.BusyGrouper).
+func (p *processor) groupBusy() bool {
+	g, ok := p.grouper.(logical.BusyGrouper)
+	return ok && g.GroupBusy()
 }
 
 // settle moves the committed position over the transactions whose commit

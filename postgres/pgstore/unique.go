@@ -208,3 +208,40 @@ func (t *Target) setRowByRow(table logical.Table, on bool) {
 		delete(t.rowByRow, table)
 	}
 }
+
+var _ logical.Sharder = (*Target)(nil)
+
+// OneShard implements logical.Sharder: fan mode must keep the order of
+// every mutation of a table without a key (its rows are found by their
+// values) and of one with a unique or exclusion constraint besides its
+// key (rows of different keys may trade values, as in a swap, which only
+// the source's order applies without a violation). Such a table is then
+// written by one shard, whose calls the Target writes one mutation per
+// statement in order if their folded statements violate the constraint
+// (see apart). The answer is read from the catalog once per call; fan
+// mode asks once per table and loop iteration.
+func (t *Target) OneShard(ctx context.Context, table logical.Table) (bool, error) {
+	info, err := t.info(ctx, table, false)
+	if err != nil {
+		return false, err
+	}
+	if len(info.pk) == 0 {
+		return true, nil
+	}
+	var other bool
+	err = t.pool.QueryRow(ctx, `
+		SELECT EXISTS (
+		  SELECT 1 FROM pg_catalog.pg_index i
+		   WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)
+		     AND i.indexrelid IS DISTINCT FROM (
+		         SELECT k.indexrelid FROM pg_catalog.pg_index k
+		          WHERE k.indrelid = c.oid AND (k.indisprimary OR k.indisreplident)
+		          ORDER BY k.indisprimary DESC LIMIT 1))
+		  FROM pg_catalog.pg_class c
+		  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, table.Schema, table.Name).Scan(&other)
+	if err != nil {
+		return false, errors.Wrapf(err, "pgstore: reading the unique constraints of %s", table)
+	}
+	return other, nil
+}

@@ -42,12 +42,16 @@ func sums(tables ...string) string {
 }
 
 // started runs pgreplicate for r in this process and waits until its
-// slot exists, so that everything written afterwards is replicated.
+// slot exists and is consistent, so that everything written afterwards is
+// replicated. (A slot is listed while it is being created, before its
+// start point is known; that waits for running transactions of the whole
+// cluster, so a write meanwhile may come before the point.)
 func started(t *testing.T, r *replication, flags ...string) func() int {
 	t.Helper()
 	stop := inProcess(t, r.args(flags...))
 	pgtest.Eventually(t, time.Minute, "the slot", func() bool {
-		return query(t, r.src, `SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = $1`, r.slot) == "1"
+		return query(t, r.src, `SELECT count(*)::text FROM pg_replication_slots
+			WHERE slot_name = $1 AND confirmed_flush_lsn IS NOT NULL`, r.slot) == "1"
 	})
 	return stop
 }
