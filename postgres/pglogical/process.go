@@ -34,6 +34,7 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	p := &processor{d: d, events: events, rels: make(map[uint32]*relation), sources: make(map[logical.Table]string)}
 	if g, ok := events.(logical.Grouper); ok && !d.cfg.NoGrouping {
 		p.grouper = g
+		p.async, _ = g.(logical.AsyncGrouper)
 	}
 	p.snap = d.newSnapGate() // snapshot.go
 	defer p.snap.close()
@@ -61,6 +62,10 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		var result <-chan error // of the oldest transaction in flight
+		if len(p.inflight) > 0 {
+			result = p.inflight[0].result
+		}
 		select {
 		case msg, ok := <-ch:
 			if !ok {
@@ -69,14 +74,24 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 			if err := p.handle(ctx, msg); err != nil {
 				return err
 			}
+		case err := <-result:
+			if err := p.settled(err); err != nil {
+				return err
+			}
 		case <-events.Stopping():
 			return p.finish(ctx)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
 		}
-		// Nothing more to read: commit what is grouped before waiting.
-		if len(ch) == 0 {
+		// Commit what is grouped once the last group committed (the
+		// target is idle then), or, without background commits, when
+		// there is nothing more to read.
+		if p.async != nil && len(ch) == 0 {
+			if err := p.startGroup(ctx); err != nil {
+				return err
+			}
+		} else if len(ch) == 0 {
 			if err := p.commitGroup(ctx); err != nil {
 				return err
 			}
@@ -143,8 +158,10 @@ type processor struct {
 	pendingBytes int
 	pendingRel   *relation
 
-	grouper  logical.Grouper // nil without grouping
-	inflight []inflight      // committed batches whose result is pending, in order
+	grouper  logical.Grouper      // nil without grouping
+	async    logical.AsyncGrouper // grouper, if it commits in the background
+	inflight []inflight           // committed batches whose result is pending, in order
+	started  int                  // how many of inflight are in groups started by startGroup
 	// A keepalive position that arrived while batches were in flight,
 	// applied once they all committed.
 	heldKeepalive keepalive
@@ -752,6 +769,20 @@ func (p *processor) commitGroup(ctx context.Context) error {
 	return p.settleWait(ctx)
 }
 
+// startGroup starts the commit of the open group in the background, if
+// there is one, no transaction is open and no group started before is
+// still committing: while one is, the open group grows.
+func (p *processor) startGroup(ctx context.Context) error {
+	if p.batch != nil || p.started > 0 || len(p.inflight) == 0 {
+		return nil
+	}
+	if err := p.async.StartCommitGroup(ctx); err != nil {
+		return err
+	}
+	p.started = len(p.inflight)
+	return nil
+}
+
 // settle moves the committed position over the transactions whose commit
 // succeeded, in order, without waiting; a failed commit is an error.
 func (p *processor) settle() error {
@@ -782,11 +813,12 @@ func (p *processor) settleWait(ctx context.Context) error {
 func (p *processor) settled(err error) error {
 	t := p.inflight[0]
 	if err != nil {
-		p.inflight = p.inflight[:0]
+		p.inflight, p.started = p.inflight[:0], 0
 		p.heldKeepalive = keepalive{}
 		return err
 	}
 	p.inflight = p.inflight[1:]
+	p.started = max(p.started-1, 0)
 	if t.end > p.committed {
 		p.committed, p.committedTime = t.end, t.at
 	}
@@ -851,7 +883,7 @@ func (p *processor) rollback(ctx context.Context) error {
 			err = e
 		}
 	}
-	p.inflight, p.heldKeepalive = nil, keepalive{}
+	p.inflight, p.started, p.heldKeepalive = nil, 0, keepalive{}
 	// The progress rows of the rolled-back group are gone: what the
 	// target records is unknown now, and a lower value only costs a
 	// progress row of its own at the next point.
@@ -864,7 +896,7 @@ func (p *processor) abandon(ctx context.Context) {
 	if p.batch != nil {
 		_ = p.rollback(ctx)
 	}
-	p.inflight = nil
+	p.inflight, p.started = nil, 0
 }
 
 // finish ends Process on a stop: the open transaction is dropped (it will
