@@ -171,6 +171,9 @@ type processor struct {
 	persisted     uint64    // the point last set (or loaded)
 	recorded      uint64    // the position last written to Config.Progress
 	lastSet       time.Time
+
+	progressKey  json.RawMessage // of the progress row, see record
+	progressData []byte          // its data up to the LSN
 }
 
 // inflight is a transaction whose batch's OnCommit result is pending.
@@ -839,9 +842,15 @@ func (p *processor) record(ctx context.Context, batch logical.Batch, end uint64,
 	if prog == nil {
 		return nil
 	}
-	key, _ := json.Marshal([]string{p.d.cfg.Slot})
-	data, _ := json.Marshal(map[string]string{"key": p.d.cfg.Slot, "lsn": FormatLSN(end)})
-	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: key, Data: data, Time: at}}); err != nil {
+	if p.progressKey == nil {
+		// The same for every row: the key, and the data up to the LSN.
+		slot := appendJSONString(nil, []byte(p.d.cfg.Slot))
+		p.progressKey = json.RawMessage("[" + string(slot) + "]")
+		p.progressData = append(append([]byte(`{"key":`), slot...), `,"lsn":"`...)
+	}
+	data := make([]byte, 0, len(p.progressData)+len(`FFFFFFFF/FFFFFFFF"}`))
+	data = append(append(append(data, p.progressData...), FormatLSN(end)...), `"}`...)
+	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: p.progressKey, Data: data, Time: at}}); err != nil {
 		return err
 	}
 	p.recorded = end

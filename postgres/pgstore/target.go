@@ -918,16 +918,60 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
+// splitFlatArray is the fast path of decoding a key: a JSON array whose
+// elements are strings or null (pglogical's keys). It appends the
+// elements to dst, aliasing data, and reports false for anything else
+// (other values, invalid JSON), which the caller then hands to
+// encoding/json.
+func splitFlatArray(data []byte, dst []json.RawMessage) ([]json.RawMessage, bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '[' {
+		return dst, false
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == ']' {
+		return dst, skipSpace(data, i+1) == len(data)
+	}
+	for {
+		start := i
+		var end int
+		switch {
+		case i < len(data) && data[i] == '"':
+			var ok bool
+			if end, _, ok = scanString(data, i); !ok {
+				return dst, false
+			}
+		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
+			end = i + 4
+		default:
+			return dst, false
+		}
+		dst = append(dst, json.RawMessage(data[start:end:end]))
+		i = skipSpace(data, end)
+		if i >= len(data) {
+			return dst, false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case ']':
+			return dst, skipSpace(data, i+1) == len(data)
+		default:
+			return dst, false
+		}
+	}
+}
+
 // appendKey appends the primary-key values of a mutation to buf as a
 // compact JSON array, in which equal keys are equal strings. An upsert's
 // key comes from its row; a delete's from Mutation.Key, or from
 // Mutation.Before when Key does not match the primary key (a source whose
 // replica identity is the full row).
 func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte, error) {
-	var vals []json.RawMessage
+	var small [4]json.RawMessage
+	vals := small[:0]
 	switch {
 	case r != nil:
-		vals = make([]json.RawMessage, 0, 4)
 		for _, i := range info.pk {
 			if r[i] == nil {
 				return nil, errors.Errorf("pgstore: table %s: a row lacks a primary-key column", info.table)
@@ -935,11 +979,16 @@ func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte,
 			vals = append(vals, r[i])
 		}
 	default:
+		if parts, ok := splitFlatArray(m.Key, vals); ok && len(parts) == len(info.pk) {
+			vals = parts
+			break
+		}
 		var parts []json.RawMessage
 		if err := json.Unmarshal(m.Key, &parts); err == nil && len(parts) == len(info.pk) {
 			vals = parts
 			break
 		}
+		vals = vals[:0]
 		var before map[string]json.RawMessage
 		if len(m.Before) > 0 && json.Unmarshal(m.Before, &before) == nil {
 			for _, i := range info.pk {
