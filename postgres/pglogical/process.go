@@ -29,7 +29,9 @@ import (
 // transaction in serial mode) while more messages are queued in ch; the
 // group commits as soon as ch is empty, so an idle source sees no added
 // latency, and the point moves past each transaction once its group
-// committed.
+// committed. With a logical.AsyncGrouper the commit runs in the
+// background while the next group is read; that group commits once ch is
+// empty and the one before it has committed.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	p := &processor{d: d, events: events, rels: make(map[uint32]*relation), sources: make(map[logical.Table]string)}
 	if g, ok := events.(logical.Grouper); ok && !d.cfg.NoGrouping {
