@@ -204,6 +204,18 @@ func (e *chaosEvents) CommitGroup(ctx context.Context) error {
 	return g.CommitGroup(ctx)
 }
 
+// StartCommitGroup implements AsyncGrouper.
+func (e *chaosEvents) StartCommitGroup(ctx context.Context) error {
+	g, ok := e.Events.(AsyncGrouper)
+	if !ok {
+		return e.CommitGroup(ctx)
+	}
+	if err := e.c.fail("CommitGroup"); err != nil {
+		return err
+	}
+	return g.StartCommitGroup(ctx)
+}
+
 func (e *chaosEvents) SetConsistentPoint(ctx context.Context, cp Stamp) error {
 	if err := e.c.fail("SetConsistentPoint"); err != nil {
 		return err

@@ -235,8 +235,10 @@ func (g *groupBatcher) commitAsyncLocked(ctx context.Context) {
 }
 
 // A BusyGrouper is a Grouper whose groups may be applied in the
-// background, after CommitGroup returned (fan mode: Config.Immediate and
-// backfills). The Events that Process receives are BusyGroupers.
+// background: after CommitGroup returned in fan mode (Config.Immediate and
+// backfills), and after StartCommitGroup returned in serial mode over a
+// ChainTx (see AsyncGrouper). The Events that Process receives are
+// BusyGroupers.
 //
 // A dialect that calls CommitGroup whenever it has nothing more to read
 // (see Grouper) should skip that call while GroupBusy reports true: a
@@ -256,9 +258,10 @@ type BusyGrouper interface {
 }
 
 var (
-	_ BusyGrouper = (*groupBatcher)(nil)
-	_ BusyGrouper = (*events)(nil)
-	_ BusyGrouper = (*chaosEvents)(nil)
+	_ BusyGrouper  = (*groupBatcher)(nil)
+	_ BusyGrouper  = (*events)(nil)
+	_ BusyGrouper  = (*chaosEvents)(nil)
+	_ AsyncGrouper = (*chaosEvents)(nil)
 )
 
 // GroupBusy implements BusyGrouper.

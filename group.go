@@ -57,6 +57,27 @@ type Grouper interface {
 	CommitGroup(ctx context.Context) error
 }
 
+// An AsyncGrouper is a Grouper whose groups can commit in the background:
+// the dialect reads and groups the next transactions while the target
+// commits the last group. The Events that Process receives are
+// AsyncGroupers; a group commits in the background when the target allows
+// it (serial mode over a ChainTx, and fan mode, where CommitGroup does
+// too), and otherwise before StartCommitGroup returns. While a group
+// commits in the background, GroupBusy (BusyGrouper) reports true; a
+// dialect that starts the next commit only then gets big groups without
+// idling the target.
+type AsyncGrouper interface {
+	Grouper
+	// StartCommitGroup starts to commit the open group, if any, and
+	// returns without waiting for the result, which arrives in the
+	// OnCommit channel of each of its batches. Groups commit in the order
+	// they were started; a group never commits after an earlier one
+	// failed (its channels receive an error too). An error means the
+	// group could not be started (a grouped batch is open, or handing its
+	// mutations over failed; the group's channels receive the error).
+	StartCommitGroup(ctx context.Context) error
+}
+
 // ErrGroupRolledBack is what the OnCommit channel of a grouped batch
 // receives when a later batch of the same group rolled back (see
 // Grouper) before the group committed. Nothing of the batch was applied
@@ -77,7 +98,8 @@ type groupBatcher struct {
 	maxCount int // Config.GroupMax
 	maxBytes int // Config.BytesInFlight
 
-	// Groups committed without waiting (fan mode) and not yet applied.
+	// Groups committing in the background (fan mode, serial mode over a
+	// ChainTx) and not yet applied: GroupBusy.
 	applying atomic.Int32
 
 	mu      sync.Mutex
@@ -92,6 +114,14 @@ type groupBatcher struct {
 	// transaction.
 	held  map[heldKey]*heldMuts
 	order []*heldMuts
+
+	// A group committing in the background (chainCommitter): pending
+	// closes once its results are in its batches' channels. spare is the
+	// batch that follows it on the same target session, which the next
+	// group (or a plain OnBegin) uses. One group at a time commits in the
+	// background; the next waits for it before it starts.
+	pending chan struct{}
+	spare   Batch
 }
 
 // heldKey is what OnData calls that can be merged have in common.
@@ -111,9 +141,10 @@ type heldMuts struct {
 const groupFlushRows = 1000
 
 var (
-	_ Batcher = (*groupBatcher)(nil)
-	_ Grouper = (*groupBatcher)(nil)
-	_ Grouper = (*events)(nil)
+	_ Batcher      = (*groupBatcher)(nil)
+	_ Grouper      = (*groupBatcher)(nil)
+	_ AsyncGrouper = (*groupBatcher)(nil)
+	_ AsyncGrouper = (*events)(nil)
 )
 
 func newGroupBatcher(inner Batcher, cfg *Config) *groupBatcher {
@@ -128,8 +159,15 @@ func (g *groupBatcher) OnBegin(ctx context.Context) (Batch, error) {
 		g.mu.Unlock()
 		return nil, errGroupBusy // a second target transaction beside the group's would wait on its locks
 	}
-	_ = g.commitLocked(ctx) // the result went to the group's channels
-	g.mu.Unlock()
+	_ = g.commitLocked(ctx, false) // the result went to the group's channels
+	defer g.mu.Unlock()
+	// The spare follows the last group on its session; on another one,
+	// the batch would not see that group's writes before it committed.
+	g.waitPendingLocked()
+	if b := g.spare; b != nil {
+		g.spare = nil
+		return b, nil
+	}
 	return g.inner.OnBegin(ctx)
 }
 
@@ -139,6 +177,9 @@ func (g *groupBatcher) OnBeginGrouped(ctx context.Context) (Batch, error) {
 	defer g.mu.Unlock()
 	if g.current != nil {
 		return nil, errGroupBusy
+	}
+	if g.open == nil && g.spare != nil {
+		g.open, g.spare = g.spare, nil
 	}
 	if g.open == nil {
 		b, err := g.inner.OnBegin(ctx)
@@ -158,12 +199,26 @@ func (g *groupBatcher) CommitGroup(ctx context.Context) error {
 	if g.current != nil {
 		return errGroupBusy
 	}
-	return g.commitLocked(ctx)
+	err := g.commitLocked(ctx, false)
+	g.waitPendingLocked()
+	return err
+}
+
+// StartCommitGroup implements AsyncGrouper.
+func (g *groupBatcher) StartCommitGroup(ctx context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.current != nil {
+		return errGroupBusy
+	}
+	return g.commitLocked(ctx, true)
 }
 
 // commitLocked commits the open group and hands its result to every
-// waiting batch. The caller holds g.mu and no grouped batch is open.
-func (g *groupBatcher) commitLocked(ctx context.Context) error {
+// waiting batch: in the background if async is set and the group's batch
+// can chain, else before it returns. The caller holds g.mu and no grouped
+// batch is open.
+func (g *groupBatcher) commitLocked(ctx context.Context, async bool) error {
 	if g.open == nil {
 		return nil
 	}
@@ -174,11 +229,48 @@ func (g *groupBatcher) commitLocked(ctx context.Context) error {
 	}
 	if err != nil {
 		_ = g.open.OnRollback(ctx)
-	} else {
-		err = commitOf(ctx, g.open)
+		g.deliverLocked(err)
+		return err
 	}
+	if cc, ok := g.open.(chainCommitter); ok {
+		g.waitPendingLocked()
+		if next, wait, ok := cc.commitChain(ctx); ok {
+			waiting := g.waiting
+			g.open, g.waiting, g.bytes = nil, nil, 0
+			g.spare = next
+			done := make(chan struct{})
+			g.pending = done
+			g.applying.Add(1) // GroupBusy
+			var err error
+			go func() {
+				err = wait()
+				g.applying.Add(-1) // before the results wake the dialect
+				for _, ch := range waiting {
+					ch <- err
+					close(ch)
+				}
+				close(done)
+			}()
+			if async {
+				return nil
+			}
+			<-done
+			return err
+		}
+	}
+	err = commitOf(ctx, g.open)
 	g.deliverLocked(err)
 	return err
+}
+
+// waitPendingLocked waits until the group committing in the background,
+// if any, delivered its results. The caller holds g.mu (the background
+// commit does not take it).
+func (g *groupBatcher) waitPendingLocked() {
+	if g.pending != nil {
+		<-g.pending
+		g.pending = nil
+	}
 }
 
 // hold adds muts to what the group holds for source and target, and hands
@@ -245,16 +337,20 @@ func (g *groupBatcher) deliverLocked(err error) {
 func (g *groupBatcher) abandon(ctx context.Context) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.open == nil {
-		return
+	if g.open != nil {
+		if g.current != nil {
+			g.current.ended = true
+			g.current = nil
+		}
+		g.dropHeldLocked()
+		_ = g.open.OnRollback(ctx)
+		g.deliverLocked(ErrGroupRolledBack)
 	}
-	if g.current != nil {
-		g.current.ended = true
-		g.current = nil
+	g.waitPendingLocked()
+	if g.spare != nil {
+		_ = g.spare.OnRollback(ctx)
+		g.spare = nil
 	}
-	g.dropHeldLocked()
-	_ = g.open.OnRollback(ctx)
-	g.deliverLocked(ErrGroupRolledBack)
 }
 
 // dropHeldLocked forgets what the group holds, and its tables.
@@ -328,7 +424,7 @@ func (b *groupedBatch) OnCommit(ctx context.Context) <-chan error {
 	ch := make(chan error, 1)
 	g.waiting = append(g.waiting, ch)
 	if len(g.waiting) >= g.maxCount || g.bytes >= g.maxBytes {
-		_ = g.commitLocked(ctx)
+		_ = g.commitLocked(ctx, true)
 	}
 	return ch
 }
@@ -363,4 +459,12 @@ func (e *events) CommitGroup(ctx context.Context) error {
 		return g.CommitGroup(ctx)
 	}
 	return nil
+}
+
+// StartCommitGroup implements AsyncGrouper.
+func (e *events) StartCommitGroup(ctx context.Context) error {
+	if g, ok := e.Batcher.(AsyncGrouper); ok {
+		return g.StartCommitGroup(ctx)
+	}
+	return e.CommitGroup(ctx)
 }

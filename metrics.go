@@ -216,6 +216,27 @@ type metricsBatch struct {
 	stats *statsKeeper
 }
 
+// commitChain implements chainCommitter if the inner batch does.
+func (b *metricsBatch) commitChain(ctx context.Context) (Batch, func() error, bool) {
+	cc, ok := b.Batch.(chainCommitter)
+	if !ok {
+		return nil, nil, false
+	}
+	next, wait, ok := cc.commitChain(ctx)
+	if !ok {
+		return nil, nil, false
+	}
+	counted := func() error {
+		err := wait()
+		b.stats.commit(err)
+		return err
+	}
+	if next == nil {
+		return nil, counted, true
+	}
+	return &metricsBatch{Batch: next, stats: b.stats}, counted, true
+}
+
 func (b *metricsBatch) OnCommit(ctx context.Context) <-chan error {
 	err := commitOf(ctx, b.Batch)
 	if !errors.Is(err, ErrBatchEnded) { // a second OnCommit commits nothing

@@ -57,6 +57,23 @@ func (b *serialBatch) commit(ctx context.Context) error {
 	return errors.Wrap(b.tx.Commit(ctx), "logical: committing the target transaction")
 }
 
+// commitChain implements chainCommitter.
+func (b *serialBatch) commitChain(ctx context.Context) (Batch, func() error, bool) {
+	ct, ok := b.tx.(ChainTx)
+	if !ok || b.ended {
+		return nil, nil, false
+	}
+	b.ended = true
+	next, result := ct.CommitChain(ctx)
+	wait := func() error {
+		return errors.Wrap(<-result, "logical: committing the target transaction")
+	}
+	if next == nil {
+		return nil, wait, true
+	}
+	return &serialBatch{tx: next}, wait, true
+}
+
 func (b *serialBatch) OnRollback(ctx context.Context) error {
 	if b.ended {
 		return nil
@@ -73,9 +90,22 @@ type syncCommitter interface {
 	commit(ctx context.Context) error
 }
 
+// A chainCommitter is a Batch that can commit without waiting for the
+// result, over a ChainTx.
+type chainCommitter interface {
+	// commitChain ends the batch like commit but returns at once: wait
+	// returns the commit's result (call it once, from any goroutine) and
+	// next is the batch that follows on the same target session (nil if
+	// there is none). ok is false if the batch cannot chain; nothing was
+	// done then.
+	commitChain(ctx context.Context) (next Batch, wait func() error, ok bool)
+}
+
 var (
-	_ syncCommitter = (*serialBatch)(nil)
-	_ syncCommitter = (*fanBatch)(nil)
+	_ chainCommitter = (*serialBatch)(nil)
+	_ chainCommitter = (*metricsBatch)(nil)
+	_ syncCommitter  = (*serialBatch)(nil)
+	_ syncCommitter  = (*fanBatch)(nil)
 )
 
 // commitOf commits b, synchronously if it can.

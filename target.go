@@ -37,6 +37,24 @@ type TargetTx interface {
 	Rollback(ctx context.Context) error
 }
 
+// A ChainTx is a TargetTx that can commit without waiting for the commit's
+// result, and go on with the next transaction on the same session. Serial
+// mode discovers it by type assertion: the group of a backlog then commits
+// while the next group is read and built, instead of one after the other.
+// Without it, every commit waits for its result.
+type ChainTx interface {
+	TargetTx
+	// CommitChain commits the transaction like Commit, but returns before
+	// the target answered; result receives the commit's outcome once.
+	// next is the transaction that follows on the same session: what it
+	// applies is written at the target after this commit, and never if
+	// this commit failed (its calls then return an error). The receiver
+	// is ended; next belongs to the caller, who ends it with Commit,
+	// CommitChain or Rollback. It is called by the goroutine that uses
+	// the transaction; result may be read from any goroutine.
+	CommitChain(ctx context.Context) (next TargetTx, result <-chan error)
+}
+
 // An Orderer is a Target that knows the foreign-key dependencies between its
 // tables. Config.ForeignKeys needs it; without it a Target is assumed to have
 // no foreign keys, and starting a loop with ForeignKeys on fails.

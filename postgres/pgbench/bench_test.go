@@ -16,6 +16,7 @@
 //	LOGICAL_PGBENCH_OUT       also write the table to this file
 //	LOGICAL_PGBENCH_PERF      directory: `perf record -a -g` during each pgreplicate measurement
 //	LOGICAL_PGBENCH_CPUPROFILE directory: pgreplicate's --cpuprofile of each measurement
+//	LOGICAL_PGBENCH_BASELINE  a pgreplicate binary: adds the system baseline (it, serial) to compare with in the same run
 //
 // Every measurement uses a fresh source and target database; the systems
 // run one after the other, never at the same time, so they do not compete
@@ -59,6 +60,7 @@ const (
 	envOut       = "LOGICAL_PGBENCH_OUT"
 	envPerf      = "LOGICAL_PGBENCH_PERF"
 	envProfiles  = "LOGICAL_PGBENCH_CPUPROFILE"
+	envBaseline  = "LOGICAL_PGBENCH_BASELINE"
 )
 
 // pollInterval is how often the target is compared with the source.
@@ -227,11 +229,15 @@ func TestPgbenchVsNative(t *testing.T) {
 			workloads[i].args = append(slices.Clip(w.args), "-f", path)
 		}
 	}
-	systems := selectSystems(t, []system{
+	candidates := []system{
 		{name: "native", title: "native subscription", start: startNative},
 		{name: "serial", title: "pgreplicate (serial)", start: startPgreplicate(nil)},
 		{name: "immediate", title: "pgreplicate --immediate", start: startPgreplicate([]string{"--immediate"})},
-	})
+	}
+	if bin := os.Getenv(envBaseline); bin != "" {
+		candidates = append(candidates, system{name: "baseline", title: "pgreplicate (serial) built elsewhere", start: startBinary(bin, nil)})
+	}
+	systems := selectSystems(t, candidates)
 
 	results := make(map[string][]result) // workload/system
 	for run := 1; run <= runs; run++ {
@@ -480,7 +486,16 @@ func startNative(t *testing.T, b *bench, src, dst *pgtest.DB, slot, _ string) fu
 
 // startPgreplicate runs the pgreplicate binary with extra flags.
 func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
+	return startBinary("", extra)
+}
+
+// startBinary runs the pgreplicate binary bin (the one built, if empty)
+// with extra flags.
+func startBinary(bin string, extra []string) func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
 	return func(t *testing.T, b *bench, src, dst *pgtest.DB, slot, label string) func() {
+		if bin == "" {
+			bin = b.binary
+		}
 		args := append([]string{
 			"--sourceConn", pgtest.WithParam(t, src.URL, "application_name", replApplicationName),
 			"--targetConn", pgtest.WithParam(t, dst.URL, "application_name", replApplicationName),
@@ -492,7 +507,7 @@ func startPgreplicate(extra []string) func(t *testing.T, b *bench, src, dst *pgt
 			args = append(args, "--cpuprofile", filepath.Join(b.profiles, strings.ReplaceAll(label, "/", "-")+".pprof"))
 		}
 		var log pgtest.Buffer
-		cmd := exec.Command(b.binary, args...)
+		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = &log, &log
 		require.NoError(t, cmd.Start())
 		b.replPid = cmd.Process.Pid
@@ -730,7 +745,7 @@ func selectSystems(t *testing.T, all []system) []system {
 	var out []system
 	for _, n := range names {
 		i := slices.IndexFunc(all, func(s system) bool { return s.name == n })
-		require.GreaterOrEqual(t, i, 0, "%s: unknown system %q (native, serial, immediate)", envSystems, n)
+		require.GreaterOrEqual(t, i, 0, "%s: unknown system %q (native, serial, immediate; baseline with %s)", envSystems, n, envBaseline)
 		out = append(out, all[i])
 	}
 	return out

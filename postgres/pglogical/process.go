@@ -29,11 +29,14 @@ import (
 // transaction in serial mode) while more messages are queued in ch; the
 // group commits as soon as ch is empty, so an idle source sees no added
 // latency, and the point moves past each transaction once its group
-// committed.
+// committed. With a logical.AsyncGrouper the commit runs in the
+// background while the next group is read; that group commits once ch is
+// empty and the one before it has committed.
 func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	p := &processor{d: d, events: events, rels: make(map[uint32]*relation), sources: make(map[logical.Table]string)}
 	if g, ok := events.(logical.Grouper); ok && !d.cfg.NoGrouping {
 		p.grouper = g
+		p.async, _ = g.(logical.AsyncGrouper)
 	}
 	p.snap = d.newSnapGate() // snapshot.go
 	defer p.snap.close()
@@ -62,8 +65,7 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	defer timer.Stop()
 	for {
 		// The result of the oldest transaction in flight: a group that
-		// commits without waiting (fan mode) sends it while Process
-		// reads on.
+		// commits in the background sends it while Process reads on.
 		var first <-chan error
 		if len(p.inflight) > 0 {
 			first = p.inflight[0].result
@@ -86,13 +88,16 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 			return ctx.Err()
 		case <-timer.C:
 		}
-		// Nothing more to read: commit what is grouped before waiting.
-		// The results are taken as they arrive (settle, and the select
-		// above): in serial mode they are there when CommitGroup
-		// returned; in fan mode the group is applied while Process
-		// reads on.
+		// Nothing more to read: commit what is grouped, unless a group
+		// committed before is still being applied (serial mode over a
+		// ChainTx, fan mode): then the open group grows, and that
+		// group's results, taken in the select above, are the cue to try
+		// again. With a logical.AsyncGrouper the commit runs in the
+		// background while Process reads on; otherwise its results are
+		// there when CommitGroup returned (serial mode) or arrive later
+		// (fan mode).
 		if len(ch) == 0 && p.grouper != nil && p.batch == nil && len(p.inflight) > 0 && !p.groupBusy() {
-			if err := p.grouper.CommitGroup(ctx); err != nil {
+			if err := p.startGroup(ctx); err != nil {
 				return err
 			}
 		}
@@ -161,8 +166,9 @@ type processor struct {
 	pendingBytes int
 	pendingRel   *relation
 
-	grouper  logical.Grouper // nil without grouping
-	inflight []inflight      // committed batches whose result is pending, in order
+	grouper  logical.Grouper      // nil without grouping
+	async    logical.AsyncGrouper // grouper, if it commits in the background
+	inflight []inflight           // committed batches whose result is pending, in order
 	// A keepalive position that arrived while batches were in flight,
 	// applied once they all committed.
 	heldKeepalive keepalive
@@ -172,6 +178,9 @@ type processor struct {
 	persisted     uint64    // the point last set (or loaded)
 	recorded      uint64    // the position last written to Config.Progress
 	lastSet       time.Time
+
+	progressKey  json.RawMessage // of the progress row, see record
+	progressData []byte          // its data up to the LSN
 }
 
 // inflight is a transaction whose batch's OnCommit result is pending.
@@ -790,9 +799,19 @@ func (p *processor) commitGroup(ctx context.Context) error {
 	return p.settleWait(ctx)
 }
 
+// startGroup commits the open group, in the background if the grouper
+// can (logical.AsyncGrouper). Its results are taken as they arrive.
+func (p *processor) startGroup(ctx context.Context) error {
+	if p.async != nil {
+		return p.async.StartCommitGroup(ctx)
+	}
+	return p.grouper.CommitGroup(ctx)
+}
+
 // groupBusy reports whether an earlier group is still being applied in
-// the background (fan mode): the open group then waits for its result,
-// which wakes Process, rather than commit small (logical.BusyGrouper).
+// the background (serial mode over a ChainTx, fan mode): the open group
+// then waits for its result, which wakes Process, rather than commit
+// small (logical.BusyGrouper).
 func (p *processor) groupBusy() bool {
 	g, ok := p.grouper.(logical.BusyGrouper)
 	return ok && g.GroupBusy()
@@ -853,9 +872,15 @@ func (p *processor) record(ctx context.Context, batch logical.Batch, end uint64,
 	if prog == nil {
 		return nil
 	}
-	key, _ := json.Marshal([]string{p.d.cfg.Slot})
-	data, _ := json.Marshal(map[string]string{"key": p.d.cfg.Slot, "lsn": FormatLSN(end)})
-	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: key, Data: data, Time: at}}); err != nil {
+	if p.progressKey == nil {
+		// The same for every row: the key, and the data up to the LSN.
+		slot := appendJSONString(nil, []byte(p.d.cfg.Slot))
+		p.progressKey = json.RawMessage("[" + string(slot) + "]")
+		p.progressData = append(append([]byte(`{"key":`), slot...), `,"lsn":"`...)
+	}
+	data := make([]byte, 0, len(p.progressData)+len(`FFFFFFFF/FFFFFFFF"}`))
+	data = append(append(append(data, p.progressData...), FormatLSN(end)...), `"}`...)
+	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: p.progressKey, Data: data, Time: at}}); err != nil {
 		return err
 	}
 	p.recorded = end

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/logical-go/logical"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -93,4 +95,43 @@ func TestRowJSONQuotesColumnNames(t *testing.T) {
 	tuple.Columns[0].DataType = 'b'
 	_, err := rowJSON(rel, tuple)
 	assert.ErrorContains(t, err, `unsupported format`)
+}
+
+// progressSpy records the OnData calls of a batch.
+type progressSpy struct {
+	logical.Batch
+	muts []logical.Mutation
+}
+
+func (b *progressSpy) OnData(_ context.Context, _ string, _ logical.Table, muts []logical.Mutation) error {
+	b.muts = append(b.muts, muts...)
+	return nil
+}
+
+type fixedProgress struct{}
+
+func (fixedProgress) Table() logical.Table { return logical.Table{Schema: "s", Name: "progress"} }
+func (fixedProgress) Applied(context.Context, string) (string, bool, error) {
+	return "", false, nil
+}
+
+// The progress row is put together by hand; it must say what
+// encoding/json would.
+func TestRecordProgressRow(t *testing.T) {
+	for _, slot := range []string{"slot_1", `we"ird\ slot <&>`} {
+		p := &processor{d: &Dialect{cfg: Config{Slot: slot, Progress: fixedProgress{}}}}
+		spy := &progressSpy{}
+		require.NoError(t, p.record(context.Background(), spy, 0x1_0000_00AB, time.Time{}))
+		require.NoError(t, p.record(context.Background(), spy, 0xFFFFFFFF_FFFFFFFF, time.Time{}))
+		require.Len(t, spy.muts, 2)
+		for i, want := range []string{"1/AB", "FFFFFFFF/FFFFFFFF"} {
+			var key []string
+			require.NoError(t, json.Unmarshal(spy.muts[i].Key, &key), "key %s", spy.muts[i].Key)
+			assert.Equal(t, []string{slot}, key)
+			var data map[string]string
+			require.NoError(t, json.Unmarshal(spy.muts[i].Data, &data), "data %s", spy.muts[i].Data)
+			assert.Equal(t, map[string]string{"key": slot, "lsn": want}, data)
+		}
+		assert.Equal(t, uint64(0xFFFFFFFF_FFFFFFFF), p.recorded)
+	}
 }

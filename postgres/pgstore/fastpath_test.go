@@ -103,3 +103,41 @@ func TestIsCatalogRace(t *testing.T) {
 	}
 	assert.False(t, isCatalogRace(errors.New("not a server error")))
 }
+
+// TestSplitFlatArray checks the fast path of reading a key against
+// encoding/json: what it accepts it splits the same way.
+func TestSplitFlatArray(t *testing.T) {
+	tcs := []struct {
+		in   string
+		fast bool
+	}{
+		{`["1"]`, true},
+		{`["1","a b",null]`, true},
+		{` [ "x" , "y" ] `, true},
+		{`[]`, true},
+		{`["esc \" \\ \u00e9"]`, true},
+		{`[1]`, false},
+		{`["1",2]`, false},
+		{`{"a":"1"}`, false},
+		{`["1"`, false},
+		{`["1",]`, false},
+		{`["1"] x`, false},
+		{`["\x"]`, false},
+		{"[\"\xff\"]", false},
+		{``, false},
+	}
+	for _, tc := range tcs {
+		var small [4]json.RawMessage
+		got, ok := splitFlatArray([]byte(tc.in), small[:0])
+		assert.Equal(t, tc.fast, ok, "%s", tc.in)
+		if !ok {
+			continue
+		}
+		var want []json.RawMessage
+		require.NoError(t, json.Unmarshal([]byte(tc.in), &want), "%s", tc.in)
+		assert.Equal(t, len(want), len(got), "%s", tc.in)
+		for i := range want {
+			assert.Equal(t, string(want[i]), string(got[i]), "%s", tc.in)
+		}
+	}
+}

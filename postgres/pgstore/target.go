@@ -87,6 +87,7 @@ type Target struct {
 var (
 	_ logical.Target   = (*Target)(nil)
 	_ logical.TargetTx = (*targetTx)(nil)
+	_ logical.ChainTx  = (*targetTx)(nil)
 	_ logical.Orderer  = (*Target)(nil)
 )
 
@@ -266,7 +267,33 @@ type targetTx struct {
 
 	byRow []logical.Table // tables written one mutation per statement (Target.rowByRow)
 
+	// after is the transaction before this one on the connection, if it
+	// was committed with CommitChain: this one uses the connection only
+	// once that commit's result is in.
+	after *chainLink
+
 	err error // the first failure
+}
+
+// chainLink is how a transaction committed with CommitChain hands the
+// connection to the next one: err is set before done closes.
+type chainLink struct {
+	done chan struct{}
+	err  error
+}
+
+// waitPrev waits until the transaction before this one on the connection
+// ended; if its commit failed, so does this transaction.
+func (x *targetTx) waitPrev() error {
+	if x.after == nil {
+		return x.err
+	}
+	<-x.after.done
+	if err := x.after.err; err != nil && x.err == nil {
+		x.err = errors.Wrap(err, "pgstore: the transaction before this one on its connection failed")
+	}
+	x.after = nil
+	return x.err
 }
 
 // loggedStmt is a statement of the transaction, kept for a replay.
@@ -327,6 +354,9 @@ func (x *targetTx) queue(what stmt, sql string, args ...any) int {
 
 // send waits for the batch in flight and sends the queued one.
 func (x *targetTx) send(ctx context.Context) error {
+	if err := x.waitPrev(); err != nil {
+		return err
+	}
 	if err := x.collect(); err != nil {
 		return err
 	}
@@ -461,6 +491,44 @@ func (x *targetTx) Commit(ctx context.Context) error {
 	return nil
 }
 
+// CommitChain implements logical.ChainTx: the COMMIT goes to the server
+// with what is still queued, and a goroutine reads the results and
+// delivers the outcome, while the caller queues the next transaction's
+// statements; those are sent once the outcome is in (and never if the
+// commit failed), on the same connection, so they run after the commit.
+// A statement that must be redone (see targetTx) is redone by that
+// goroutine before the outcome.
+func (x *targetTx) CommitChain(ctx context.Context) (logical.TargetTx, <-chan error) {
+	result := make(chan error, 1)
+	if x.conn == nil {
+		result <- errors.New("pgstore: the target transaction has ended")
+		return nil, result
+	}
+	link := &chainLink{done: make(chan struct{})}
+	next := &targetTx{target: x.target, conn: x.conn, after: link}
+	go func() {
+		if x.err == nil {
+			x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
+			x.queue(stmt{what: "committing the target transaction"}, "COMMIT")
+			x.committing = true
+			if err := x.send(ctx); err == nil {
+				_ = x.collect()
+			}
+		}
+		err := x.err
+		x.close(ctx, false)
+		if err == nil {
+			for _, table := range x.byRow {
+				x.target.setRowByRow(table, false)
+			}
+		}
+		link.err = err
+		close(link.done)
+		result <- err
+	}()
+	return next, result
+}
+
 // Rollback implements logical.TargetTx; after Commit it does nothing.
 func (x *targetTx) Rollback(ctx context.Context) error {
 	if x.conn == nil {
@@ -472,12 +540,19 @@ func (x *targetTx) Rollback(ctx context.Context) error {
 
 // end waits for the batch in flight, rolls back whatever is still open
 // and gives the connection back (the pool closes it if that failed).
-func (x *targetTx) end(ctx context.Context) {
+func (x *targetTx) end(ctx context.Context) { x.close(ctx, true) }
+
+// close is end; it keeps the connection (for the next transaction of
+// CommitChain) unless release is set.
+func (x *targetTx) close(ctx context.Context, release bool) {
+	_ = x.waitPrev()
 	_ = x.collect()
 	if x.conn.Conn().PgConn().TxStatus() != 'I' && !x.conn.Conn().IsClosed() {
 		_, _ = x.conn.Exec(ctx, "ROLLBACK")
 	}
-	x.conn.Release()
+	if release {
+		x.conn.Release()
+	}
 	x.conn = nil
 	x.queued, x.queuedWhat, x.queuedBytes = pgx.Batch{}, nil, 0
 	x.log = nil
@@ -843,16 +918,60 @@ func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
+// splitFlatArray is the fast path of decoding a key: a JSON array whose
+// elements are strings or null (pglogical's keys). It appends the
+// elements to dst, aliasing data, and reports false for anything else
+// (other values, invalid JSON), which the caller then hands to
+// encoding/json.
+func splitFlatArray(data []byte, dst []json.RawMessage) ([]json.RawMessage, bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '[' {
+		return dst, false
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == ']' {
+		return dst, skipSpace(data, i+1) == len(data)
+	}
+	for {
+		start := i
+		var end int
+		switch {
+		case i < len(data) && data[i] == '"':
+			var ok bool
+			if end, _, ok = scanString(data, i); !ok {
+				return dst, false
+			}
+		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
+			end = i + 4
+		default:
+			return dst, false
+		}
+		dst = append(dst, json.RawMessage(data[start:end:end]))
+		i = skipSpace(data, end)
+		if i >= len(data) {
+			return dst, false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case ']':
+			return dst, skipSpace(data, i+1) == len(data)
+		default:
+			return dst, false
+		}
+	}
+}
+
 // appendKey appends the primary-key values of a mutation to buf as a
 // compact JSON array, in which equal keys are equal strings. An upsert's
 // key comes from its row; a delete's from Mutation.Key, or from
 // Mutation.Before when Key does not match the primary key (a source whose
 // replica identity is the full row).
 func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte, error) {
-	var vals []json.RawMessage
+	var small [4]json.RawMessage
+	vals := small[:0]
 	switch {
 	case r != nil:
-		vals = make([]json.RawMessage, 0, 4)
 		for _, i := range info.pk {
 			if r[i] == nil {
 				return nil, errors.Errorf("pgstore: table %s: a row lacks a primary-key column", info.table)
@@ -860,11 +979,16 @@ func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte,
 			vals = append(vals, r[i])
 		}
 	default:
+		if parts, ok := splitFlatArray(m.Key, vals); ok && len(parts) == len(info.pk) {
+			vals = parts
+			break
+		}
 		var parts []json.RawMessage
 		if err := json.Unmarshal(m.Key, &parts); err == nil && len(parts) == len(info.pk) {
 			vals = parts
 			break
 		}
+		vals = vals[:0]
 		var before map[string]json.RawMessage
 		if len(m.Before) > 0 && json.Unmarshal(m.Before, &before) == nil {
 			for _, i := range info.pk {

@@ -49,6 +49,7 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
+	oneProc = os.Getenv("GOMAXPROCS") == ""
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	status := run(ctx, os.Args[1:], os.Stderr)
 	stop()
@@ -58,6 +59,15 @@ func main() {
 // defaultGCPercent is the GOGC pgreplicate uses when the environment sets
 // none.
 const defaultGCPercent = 400
+
+// oneProc is set when the environment sets no GOMAXPROCS: serial mode then
+// runs on one P. Its work is a pipeline of goroutines handing over one
+// message at a time (the source, Process, the reader of a commit's
+// results); with more Ps every hand-over wakes an idle P's thread, which
+// cost more CPU than the parallelism gave (bench/pg on 2 CPUs: CPU per row
+// of the backlog catch-up 14.8 against 21.7 µs, of the 2M-row load 9.4
+// against 11.8 µs, and no slower). Fan mode keeps the default.
+var oneProc bool
 
 // startCPUProfile writes a CPU profile to path until the returned function
 // is called.
@@ -194,6 +204,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	log.SetOutput(stderr)
 	level, _ := logrus.ParseLevel(o.logLevel)
 	log.SetLevel(level)
+	if oneProc && !o.immediate {
+		runtime.GOMAXPROCS(1)
+	}
 	if o.cpuProfile != "" {
 		stopProfile, err := startCPUProfile(o.cpuProfile)
 		if err != nil {
