@@ -227,10 +227,7 @@ func (g *groupBatcher) commitAsyncLocked(ctx context.Context) {
 	g.applying.Add(1)
 	commitAsyncOf(ctx, open, func(err error) {
 		g.applying.Add(-1) // before the results wake the dialect
-		for _, ch := range waiting {
-			ch <- err
-			close(ch)
-		}
+		deliver(waiting, err)
 	})
 }
 

@@ -245,10 +245,7 @@ func (g *groupBatcher) commitLocked(ctx context.Context, async bool) error {
 			go func() {
 				err = wait()
 				g.applying.Add(-1) // before the results wake the dialect
-				for _, ch := range waiting {
-					ch <- err
-					close(ch)
-				}
+				deliver(waiting, err)
 				close(done)
 			}()
 			if async {
@@ -324,12 +321,18 @@ const maxHeldKeys = 256
 // deliverLocked ends the group: each waiting batch receives err. The
 // caller holds g.mu.
 func (g *groupBatcher) deliverLocked(err error) {
-	for _, ch := range g.waiting {
+	deliver(g.waiting, err)
+	clear(g.waiting)
+	g.open, g.waiting, g.bytes = nil, g.waiting[:0], 0
+}
+
+// deliver sends err to each of a group's waiting batches, whether the
+// group committed before its commit call returned or in the background.
+func deliver(waiting []chan error, err error) {
+	for _, ch := range waiting {
 		ch <- err
 		close(ch)
 	}
-	clear(g.waiting)
-	g.open, g.waiting, g.bytes = nil, g.waiting[:0], 0
 }
 
 // abandon rolls back a group left open when Process returned; nobody is
