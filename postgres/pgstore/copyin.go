@@ -160,10 +160,6 @@ func (x *targetTx) startCopy(ctx context.Context, info *tableInfo, cols []int, p
 	if err := x.collect(); err != nil {
 		return err
 	}
-	names := make([]string, len(cols))
-	for n, i := range cols {
-		names[n] = Ident(info.cols[i].name)
-	}
 	run := &copyRun{
 		info:   info,
 		cols:   cols,
@@ -172,7 +168,7 @@ func (x *targetTx) startCopy(ctx context.Context, info *tableInfo, cols []int, p
 		done:   make(chan struct{}),
 		plain:  plain,
 	}
-	sql := "COPY " + info.ident + " (" + strings.Join(names, ", ") + ") FROM STDIN"
+	sql := copySQL(info, cols)
 	pg := x.conn.Conn().PgConn()
 	x.copy, x.ctx = run, ctx
 	x.target.copies.Add(1)
@@ -224,6 +220,45 @@ func (x *targetTx) endCopy(abort bool) error {
 		x.err = x.target.failed(run.st, err)
 	}
 	return x.err
+}
+
+// copySQL is the COPY statement of rows of cols into info.
+func copySQL(info *tableInfo, cols []int) string {
+	names := make([]string, len(cols))
+	for n, i := range cols {
+		names[n] = Ident(info.cols[i].name)
+	}
+	return "COPY " + info.ident + " (" + strings.Join(names, ", ") + ") FROM STDIN"
+}
+
+// copyRows implements copier outside a transaction (fan mode): at least
+// copyMinRows rows go by one COPY, which commits on its own like the
+// INSERT would. If the server rejects it (nothing was written), the
+// INSERT runs instead, with its fallbacks and errors.
+func (p poolExec) copyRows(ctx context.Context, st stmt, _ string, info *tableInfo, cols []int, rows []row) (bool, error) {
+	if len(rows) < copyMinRows || st.seg != nil && st.seg.replaced {
+		return false, nil
+	}
+	chunk, err := copyChunk(info, cols, rows)
+	if err != nil {
+		return true, err
+	}
+	conn, err := p.target.pool.Acquire(ctx)
+	if err != nil {
+		return true, errors.Wrap(err, "pgstore: "+st.what)
+	}
+	p.target.copies.Add(1)
+	_, err = conn.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(chunk), copySQL(info, cols))
+	conn.Release()
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &pgErr):
+		return false, nil
+	default:
+		return true, errors.Wrap(err, "pgstore: "+st.what+" by COPY")
+	}
 }
 
 // copyChunk encodes rows as COPY text: the values of cols separated by

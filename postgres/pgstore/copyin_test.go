@@ -255,3 +255,24 @@ func TestCopyArrays(t *testing.T) {
 	_, err = copyArrays([]byte("a\tb\nc\n"), 2)
 	assert.ErrorContains(t, err, "1 fields, not 2")
 }
+
+// TestCopyOutsideTx checks COPY in Target.Apply (fan mode): inserts go by
+// one COPY, and a COPY that meets existing rows (a replay) is redone as
+// the insert, which upserts. Without the fallback the call fails.
+func TestCopyOutsideTx(t *testing.T) {
+	db := pgtest.NewDB(t, "copyfan")
+	ctx := context.Background()
+	db.Exec(t, `CREATE TABLE c (id int PRIMARY KEY, v text)`)
+	target := NewTarget(db.Pool)
+	table := logical.Table{Schema: "public", Name: "c"}
+	n := max(copyMinRows, 300)
+	before := target.copies.Load()
+	require.NoError(t, target.Apply(ctx, table, inserts(0, n, weird)))
+	assert.Equal(t, before+1, target.copies.Load())
+	db.Exec(t, `UPDATE c SET v = 'old'`)
+	require.NoError(t, target.Apply(ctx, table, inserts(0, 2*n, weird)), "a replayed COPY upserts")
+	var count, bad int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE v = 'old') FROM c`).Scan(&count, &bad))
+	assert.Equal(t, 2*n, count)
+	assert.Zero(t, bad)
+}

@@ -53,6 +53,11 @@ const (
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
 //	DELETE FROM t USING jsonb_array_elements($1) AS k(v) WHERE t.pk = CAST(k.v->>0 AS type)
 //
+// Rows the source inserted (and rows of a table without a key) that
+// would be a plain INSERT of at least 200 rows go by COPY instead: in a
+// transaction (Begin) one COPY takes the following such statements too,
+// see copyin.go. A COPY that fails is redone as the INSERT.
+//
 // Rows whose values are all JSON strings or null (pgoutput's) go as one
 // text array per column; rows with other JSON values as one JSON array
 // of arrays taken apart with ->>, so that the database casts the same text
@@ -705,25 +710,31 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 	states := make(map[string]*rowState, len(muts))
 	var inserts []row // tables without a primary key
 	var keyBuf []byte
+	// One allocation for the rows and one for their states, not one per
+	// mutation: the states never outgrow their capacity, so pointers into
+	// it stay valid.
+	ncols := len(info.cols)
+	slab := make([]json.RawMessage, len(muts)*ncols)
+	stateSlab := make([]rowState, 0, len(muts))
 	for i := range muts {
 		m := &muts[i]
+		r := row(slab[i*ncols : (i+1)*ncols : (i+1)*ncols])
 		if len(info.pk) == 0 {
 			if m.IsDelete() {
 				return errors.Errorf("pgstore: table %s has no primary key, cannot apply a delete", info.table)
 			}
-			r, err := decodeRow(info, m.Data)
+			r, err := decodeRowInto(info, m.Data, r)
 			if err != nil {
 				return err
 			}
 			inserts = append(inserts, r)
 			continue
 		}
-		var r row
 		var err error
-		if !m.IsDelete() {
-			if r, err = decodeRow(info, m.Data); err != nil {
-				return err
-			}
+		if m.IsDelete() {
+			r = nil
+		} else if r, err = decodeRowInto(info, m.Data, r); err != nil {
+			return err
 		}
 		if keyBuf, err = appendKey(keyBuf[:0], info, m, r); err != nil {
 			return err
@@ -731,7 +742,8 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 		st := states[string(keyBuf)]
 		if st == nil {
 			insert, _ := m.Meta[MetaInsert].(bool)
-			st = &rowState{key: string(keyBuf), fresh: insert && !m.IsDelete()}
+			stateSlab = append(stateSlab, rowState{key: string(keyBuf), fresh: insert && !m.IsDelete()})
+			st = &stateSlab[len(stateSlab)-1]
 			states[st.key] = st
 			order = append(order, st)
 		}
@@ -802,7 +814,12 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 // decodeRow parses a row image into the columns of info. A column info
 // does not have is an unknownColumnError.
 func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
-	r := make(row, len(info.cols))
+	return decodeRowInto(info, data, make(row, len(info.cols)))
+}
+
+// decodeRowInto is decodeRow into r, a row of info's columns that is all
+// nil.
+func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
 	var unknown []byte
 	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
 		if i, found := info.byName[string(key)]; found {
