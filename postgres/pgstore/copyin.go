@@ -194,17 +194,20 @@ func (x *targetTx) endCopy(abort bool) error {
 		return x.err
 	}
 	run.st.what = "inserting " + strconv.Itoa(run.rows) + " rows into " + run.info.table.String() + " by COPY"
-	if !x.logFull {
-		// Redo it as the INSERT statements it stands for.
-		return x.replay(run.plain && isUniqueViolation(run.err))
-	}
-	// As collect does for the INSERT statements: the caller's retry
-	// upserts, and writes one mutation per statement.
+	// Rows already there: the table is upserted into from now on (no
+	// more COPY), as after a plain insert that met one.
+	conflict := false
 	if run.plain {
 		st := run.st
 		st.plainInsert = true
-		x.target.conflicted(st, run.err)
+		conflict = x.target.conflicted(st, run.err)
 	}
+	if !x.logFull {
+		// Redo it as the INSERT statements it stands for.
+		return x.replay(conflict)
+	}
+	// As collect does for the INSERT statements: the caller's retry
+	// upserts, and writes one mutation per statement.
 	var pgErr *pgconn.PgError
 	err := run.err
 	if errors.As(err, &pgErr) {

@@ -134,6 +134,10 @@ func TestCopyReplayed(t *testing.T) {
 				err = applyTx(ctx, t, target, table, calls...)
 			}
 			require.NoError(t, err)
+			target.mu.RLock()
+			upsertOnly := target.upsertOnly[table]
+			target.mu.RUnlock()
+			assert.True(t, upsertOnly, "no COPY into the table after one met existing rows")
 			var count, bad int
 			require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE v = 'old') FROM c`).Scan(&count, &bad))
 			assert.Equal(t, 2*n, count)
@@ -275,4 +279,48 @@ func TestCopyOutsideTx(t *testing.T) {
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE v = 'old') FROM c`).Scan(&count, &bad))
 	assert.Equal(t, 2*n, count)
 	assert.Zero(t, bad)
+}
+
+// TestCopyChained checks a COPY in a transaction chained after a commit
+// (CommitChain): it runs once that commit is in, and after a failed
+// commit writes nothing.
+func TestCopyChained(t *testing.T) {
+	db := pgtest.NewDB(t, "copychain")
+	ctx := context.Background()
+	db.Exec(t, `CREATE TABLE c (id int PRIMARY KEY, v text)`,
+		`CREATE TABLE d (k int PRIMARY KEY, p int REFERENCES c (id) DEFERRABLE INITIALLY DEFERRED)`)
+	target := NewTarget(db.Pool)
+	table := logical.Table{Schema: "public", Name: "c"}
+	n := max(copyMinRows, 300)
+	for _, fail := range []bool{false, true} {
+		db.Exec(t, `DELETE FROM d`, `DELETE FROM c`)
+		tx, err := target.Begin(ctx)
+		require.NoError(t, err)
+		if fail { // checked at COMMIT
+			require.NoError(t, tx.Apply(ctx, logical.Table{Schema: "public", Name: "d"}, []logical.Mutation{{
+				Key: json.RawMessage(`["1"]`), Data: json.RawMessage(`{"k":"1","p":"999999"}`), Meta: map[string]any{MetaInsert: true}}}))
+		} else {
+			require.NoError(t, tx.Apply(ctx, table, inserts(-1, 1, weird)))
+		}
+		next, result := tx.(logical.ChainTx).CommitChain(ctx)
+		err = <-result
+		assert.Equal(t, fail, err != nil, "%v", err)
+		before := target.copies.Load()
+		err = next.Apply(ctx, table, inserts(0, n, weird))
+		if err == nil {
+			err = next.Commit(ctx)
+		} else {
+			require.NoError(t, next.Rollback(ctx))
+		}
+		var count int
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM c WHERE id >= 0`).Scan(&count))
+		if fail {
+			assert.Error(t, err)
+			assert.Zero(t, count)
+			continue
+		}
+		require.NoError(t, err)
+		assert.Equal(t, before+1, target.copies.Load(), "by COPY once the commit before is in")
+		assert.Equal(t, n, count)
+	}
 }
