@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -52,6 +53,11 @@ const (
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
 //	DELETE FROM t USING jsonb_array_elements($1) AS k(v) WHERE t.pk = CAST(k.v->>0 AS type)
 //
+// Rows the source inserted (and rows of a table without a key) that
+// would be a plain INSERT of at least 200 rows go by COPY instead: in a
+// transaction (Begin) one COPY takes the following such statements too,
+// see copyin.go. A COPY that fails is redone as the INSERT.
+//
 // Rows whose values are all JSON strings or null (pgoutput's) go as one
 // text array per column; rows with other JSON values as one JSON array
 // of arrays taken apart with ->>, so that the database casts the same text
@@ -82,6 +88,8 @@ type Target struct {
 	loading    map[logical.Table]*infoCall // catalog queries in progress
 	upsertOnly map[logical.Table]bool      // a plain insert met an existing row
 	rowByRow   map[logical.Table]bool      // written one mutation per statement, see unique.go
+
+	copies atomic.Int64 // COPY runs started, for tests
 }
 
 var (
@@ -118,6 +126,10 @@ type column struct {
 	typmod bool // the declared type has a typmod (its own or its domain's)
 	always bool // GENERATED ALWAYS AS IDENTITY
 	pk     bool // part of the key: the primary key, or else the replica-identity index
+	// copyIn is set if COPY's input of the text gives the value valueExpr
+	// does: no check, and the cast from text to the base type is by its
+	// input function (or binary), not a function of its own.
+	copyIn bool
 }
 
 // tableInfo is what the catalog says about one table.
@@ -128,6 +140,10 @@ type tableInfo struct {
 	byName map[string]int
 	pk     []int // indexes into cols, in column order
 	always bool  // some column is GENERATED ALWAYS AS IDENTITY
+	// copyIn is set if the table may be written by COPY (see copyin.go):
+	// it has no rules (which COPY does not apply) and no row-level
+	// security (which COPY FROM does not support).
+	copyIn bool
 }
 
 // execer runs the statements of Apply: at once (poolExec) or pipelined in
@@ -267,6 +283,8 @@ type targetTx struct {
 
 	byRow []logical.Table // tables written one mutation per statement (Target.rowByRow)
 
+	copy *copyRun // the COPY in progress, see copyin.go
+
 	// after is the transaction before this one on the connection, if it
 	// was committed with CommitChain: this one uses the connection only
 	// once that commit's result is in.
@@ -301,6 +319,10 @@ type loggedStmt struct {
 	st   stmt
 	sql  string
 	args []any
+	// copyData is set for rows that went by COPY: their COPY text, of
+	// copyCols columns, for args of sql (see copyArrays).
+	copyData []byte
+	copyCols int
 }
 
 // replayBytes bounds the statements a transaction keeps for a replay.
@@ -313,6 +335,11 @@ func (x *targetTx) exec(ctx context.Context, st stmt, sql string, args ...any) e
 	}
 	if x.err != nil {
 		return x.err
+	}
+	if x.copy != nil {
+		if err := x.endCopy(false); err != nil {
+			return err
+		}
 	}
 	if st.seg != nil && st.seg.replaced {
 		return nil // written one by one after a statement before this one failed
@@ -443,6 +470,14 @@ func (x *targetTx) replay(upserts bool) error {
 	batch.Queue("BEGIN")
 	for i := range x.log {
 		l := &x.log[i]
+		if l.copyData != nil {
+			args, err := copyArrays(l.copyData, l.copyCols)
+			if err != nil {
+				x.err = err
+				return x.err
+			}
+			l.args, l.copyData = args, nil
+		}
 		if upserts && l.st.plainInsert {
 			l.sql, l.st.plainInsert = l.st.upsert, false
 			l.st.what = strings.Replace(l.st.what, "inserting", "upserting", 1)
@@ -471,6 +506,9 @@ func (x *targetTx) Apply(ctx context.Context, table logical.Table, muts []logica
 func (x *targetTx) Commit(ctx context.Context) error {
 	if x.conn == nil {
 		return errors.New("pgstore: the target transaction has ended")
+	}
+	if x.copy != nil {
+		_ = x.endCopy(false)
 	}
 	if x.err == nil {
 		x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
@@ -507,6 +545,9 @@ func (x *targetTx) CommitChain(ctx context.Context) (logical.TargetTx, <-chan er
 	link := &chainLink{done: make(chan struct{})}
 	next := &targetTx{target: x.target, conn: x.conn, after: link}
 	go func() {
+		if x.copy != nil {
+			_ = x.endCopy(false)
+		}
 		if x.err == nil {
 			x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
 			x.queue(stmt{what: "committing the target transaction"}, "COMMIT")
@@ -545,6 +586,9 @@ func (x *targetTx) end(ctx context.Context) { x.close(ctx, true) }
 // close is end; it keeps the connection (for the next transaction of
 // CommitChain) unless release is set.
 func (x *targetTx) close(ctx context.Context, release bool) {
+	if x.copy != nil {
+		_ = x.endCopy(true)
+	}
 	_ = x.waitPrev()
 	_ = x.collect()
 	if x.conn.Conn().PgConn().TxStatus() != 'I' && !x.conn.Conn().IsClosed() {
@@ -666,25 +710,31 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 	states := make(map[string]*rowState, len(muts))
 	var inserts []row // tables without a primary key
 	var keyBuf []byte
+	// One allocation for the rows and one for their states, not one per
+	// mutation: the states never outgrow their capacity, so pointers into
+	// it stay valid.
+	ncols := len(info.cols)
+	slab := make([]json.RawMessage, len(muts)*ncols)
+	stateSlab := make([]rowState, 0, len(muts))
 	for i := range muts {
 		m := &muts[i]
+		r := row(slab[i*ncols : (i+1)*ncols : (i+1)*ncols])
 		if len(info.pk) == 0 {
 			if m.IsDelete() {
 				return errors.Errorf("pgstore: table %s has no primary key, cannot apply a delete", info.table)
 			}
-			r, err := decodeRow(info, m.Data)
+			r, err := decodeRowInto(info, m.Data, r)
 			if err != nil {
 				return err
 			}
 			inserts = append(inserts, r)
 			continue
 		}
-		var r row
 		var err error
-		if !m.IsDelete() {
-			if r, err = decodeRow(info, m.Data); err != nil {
-				return err
-			}
+		if m.IsDelete() {
+			r = nil
+		} else if r, err = decodeRowInto(info, m.Data, r); err != nil {
+			return err
 		}
 		if keyBuf, err = appendKey(keyBuf[:0], info, m, r); err != nil {
 			return err
@@ -692,7 +742,8 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 		st := states[string(keyBuf)]
 		if st == nil {
 			insert, _ := m.Meta[MetaInsert].(bool)
-			st = &rowState{key: string(keyBuf), fresh: insert && !m.IsDelete()}
+			stateSlab = append(stateSlab, rowState{key: string(keyBuf), fresh: insert && !m.IsDelete()})
+			st = &stateSlab[len(stateSlab)-1]
 			states[st.key] = st
 			order = append(order, st)
 		}
@@ -763,7 +814,12 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 // decodeRow parses a row image into the columns of info. A column info
 // does not have is an unknownColumnError.
 func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
-	r := make(row, len(info.cols))
+	return decodeRowInto(info, data, make(row, len(info.cols)))
+}
+
+// decodeRowInto is decodeRow into r, a row of info's columns that is all
+// nil.
+func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
 	var unknown []byte
 	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
 		if i, found := info.byName[string(key)]; found {
@@ -1117,6 +1173,13 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			sql += onConflict
 		}
 	}
+	if arrays && (plain || len(info.pk) == 0) && copyable(info, cols) {
+		if c, ok := q.(copier); ok {
+			if done, err := c.copyRows(ctx, what, sql, info, cols, rows); done {
+				return err
+			}
+		}
+	}
 	if arrays {
 		args := make([]any, len(cols))
 		for n, i := range cols {
@@ -1304,7 +1367,11 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 		         AND coalesce(et.typname, bt.typname) IN ('numeric', 'time', 'timetz', 'timestamp', 'timestamptz', 'interval')
 		         AND coalesce(et.typnamespace, bt.typnamespace) = 'pg_catalog'::regnamespace,
 		       a.attidentity = 'a',
-		       coalesce(a.attnum = ANY (k.indkey), false)
+		       coalesce(a.attnum = ANY (k.indkey), false),
+		       NOT EXISTS (SELECT 1 FROM pg_catalog.pg_cast pc
+		                    WHERE pc.castsource = 'pg_catalog.text'::pg_catalog.regtype
+		                      AND pc.casttarget = bt.oid AND pc.castmethod <> 'b'),
+		       NOT c.relhasrules AND NOT c.relrowsecurity
 		  FROM pg_catalog.pg_attribute a
 		  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 		  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -1325,7 +1392,8 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 	info := &tableInfo{table: table, ident: TableIdent(table), byName: make(map[string]int)}
 	for rows.Next() {
 		var c column
-		if err := rows.Scan(&c.name, &c.typ, &c.cast, &c.typmod, &c.check, &c.always, &c.pk); err != nil {
+		var tableCopyIn bool
+		if err := rows.Scan(&c.name, &c.typ, &c.cast, &c.typmod, &c.check, &c.always, &c.pk, &c.copyIn, &tableCopyIn); err != nil {
 			rows.Close()
 			return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", table)
 		}
@@ -1334,6 +1402,8 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 			info.pk = append(info.pk, len(info.cols))
 		}
 		info.always = info.always || c.always
+		c.copyIn = c.copyIn && !c.check
+		info.copyIn = tableCopyIn
 		info.cols = append(info.cols, c)
 	}
 	if err := rows.Err(); err != nil {

@@ -89,6 +89,21 @@ func (s segmentExec) exec(ctx context.Context, st stmt, sql string, args ...any)
 	return s.execer.exec(ctx, st, sql, args...)
 }
 
+// copier is an execer that can write inserts by COPY (targetTx, see
+// copyin.go).
+type copier interface {
+	copyRows(ctx context.Context, st stmt, sql string, info *tableInfo, cols []int, rows []row) (bool, error)
+}
+
+func (s segmentExec) copyRows(ctx context.Context, st stmt, sql string, info *tableInfo, cols []int, rows []row) (bool, error) {
+	c, ok := s.execer.(copier)
+	if !ok {
+		return false, nil
+	}
+	st.seg = s.seg
+	return c.copyRows(ctx, st, sql, info, cols, rows)
+}
+
 // insertMeta is the Meta of a kept copy of a mutation marked MetaInsert;
 // it is never written to.
 var insertMeta = map[string]any{MetaInsert: true}
