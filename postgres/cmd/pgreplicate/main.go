@@ -204,7 +204,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	log.SetOutput(stderr)
 	level, _ := logrus.ParseLevel(o.logLevel)
 	log.SetLevel(level)
-	if oneProc && !o.immediate {
+	if oneProc {
 		runtime.GOMAXPROCS(1)
 	}
 	if o.cpuProfile != "" {
