@@ -20,6 +20,7 @@ import (
 type seqTarget struct {
 	MemoryTarget
 	jitter time.Duration
+	floor  time.Duration // every Apply pauses at least this long
 
 	mu       sync.Mutex
 	last     map[string]int
@@ -28,7 +29,7 @@ type seqTarget struct {
 
 func (t *seqTarget) Apply(ctx context.Context, table Table, muts []Mutation) error {
 	if t.jitter > 0 {
-		timer := time.NewTimer(rand.N(t.jitter))
+		timer := time.NewTimer(t.floor + rand.N(t.jitter))
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
@@ -104,6 +105,8 @@ func testFanGroupsResultAfterApply(t *testing.T, multi bool) {
 	var tgt Target = target
 	var mt *multiSeqTarget
 	if multi {
+		// Slow applies, as fan mode takes lanes along only then.
+		target.floor = 100 * time.Microsecond
 		mt = &multiSeqTarget{seqTarget: target}
 		tgt = mt
 	}

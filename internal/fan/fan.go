@@ -68,8 +68,9 @@ type Config[T comparable, M any] struct {
 	Apply func(ctx context.Context, table T, items []M) error
 	// ApplyMany, if set, writes the items of several tables in one call,
 	// as Apply would one after the other (in one target transaction, say).
-	// A goroutine about to apply a lane with fewer than MaxApply items
-	// then takes other ready lanes along, up to MaxApply items in all,
+	// While applies are slow (see slowApply), a goroutine about to apply
+	// a lane with fewer than Chunk items takes other ready lanes along, up
+	// to Chunk items in all,
 	// so that a few items on each of several tables (a small source
 	// transaction touches a few) cost one call and not one per table.
 	// Each table appears once in parts, and no other call at the same
@@ -114,23 +115,26 @@ type Queue[T comparable, M any] struct {
 	cfg Config[T, M]
 	ctx context.Context
 
-	mu        sync.Mutex
-	work      sync.Cond // signals idle workers
-	tables    map[T][]*lane[T, M]
-	ready     []*lane[T, M] // lanes with queued chunks and no runner
-	bytes     int64         // bytes pending or queued, not yet applied
-	changed   chan struct{} // closed when a chunk completes; made lazily
-	idle      int           // workers waiting on work
-	closed    bool
-	async     int                          // batches committed with CommitAsync whose callback is due
-	took      [recentApplies]time.Duration // the last measured apply durations
-	tookNext  int                          // where the next one goes in took
-	lastSlow  bool                         // the last measured apply was slow
-	slow      bool                         // all of took are slow
-	applies   uint64                       // Apply calls so far, to sample their duration
-	free      [][]M                        // emptied chunk slices, for reuse
-	recent    [][]*lane[T, M]              // lanes of recently used tables, in recentBuf
-	recentBuf [8][]*lane[T, M]
+	mu       sync.Mutex
+	work     sync.Cond // signals idle workers
+	tables   map[T][]*lane[T, M]
+	ready    []*lane[T, M] // lanes with queued chunks and no runner
+	bytes    int64         // bytes pending or queued, not yet applied
+	changed  chan struct{} // closed when a chunk completes; made lazily
+	idle     int           // workers waiting on work
+	closed   bool
+	async    int                          // batches committed with CommitAsync whose callback is due
+	took     [recentApplies]time.Duration // the last measured apply durations
+	tookNext int                          // where the next one goes in took
+	lastSlow bool                         // the last measured apply was slow
+	slow     bool                         // all of took are slow
+	applies  uint64                       // Apply calls so far, to sample their duration
+	// gatherAlways makes gatherLocked take lanes along also while
+	// applies are fast; for tests.
+	gatherAlways bool
+	free         [][]M           // emptied chunk slices, for reuse
+	recent       [][]*lane[T, M] // lanes of recently used tables, in recentBuf
+	recentBuf    [8][]*lane[T, M]
 
 	wg sync.WaitGroup
 }
@@ -831,11 +835,13 @@ func (q *Queue[T, M]) runItems(ln *lane[T, M], limit int) (chunks, items int) {
 // the same call, taking those lanes off the ready list: lanes of ln's
 // table, or of any table with Config.ApplyMany, whose first chunks fit in
 // what ln's leave of Chunk items. Lanes with a chunk's worth of items or
-// more go alone, so that a backlog's lanes are still applied in parallel.
+// more go alone, so that a backlog's lanes are still applied in parallel;
+// and so do all while applies are fast (see slowApply), since copying the
+// items into one call then costs more than the calls it saves.
 // It returns nil if ln goes alone (also if its first chunk is of a batch
 // that ended, or no other lane fits). The caller holds q.mu.
 func (q *Queue[T, M]) gatherLocked(ln *lane[T, M]) []laneRun[T, M] {
-	if len(q.ready) == 0 || len(ln.queue) == 0 {
+	if len(q.ready) == 0 || len(ln.queue) == 0 || !(q.slow || q.gatherAlways) {
 		return nil
 	}
 	limit := min(q.cfg.Chunk, q.cfg.MaxApply)

@@ -71,8 +71,10 @@ func FuzzQueue(f *testing.F) {
 	f.Add([]byte{5, 0, 0, 4, 8, 4, 16, 4, 0, 4, 4, 0, 12, 0, 20, 0}, uint8(4), uint8(1), uint16(2))
 	// ApplyMany (the high bit of workers): small batches over the three
 	// tables, committed asynchronously, with merged applies.
-	f.Add([]byte{0, 0, 0, 1, 0, 2, 5, 1, 0, 4, 0, 5, 0, 6, 5, 1, 0, 0, 0, 1, 0, 2, 2, 0}, uint8(0x80), uint8(3), uint16(0xfff0))
+	f.Add([]byte{0, 0, 0, 1, 0, 2, 5, 1, 0, 4, 0, 5, 0, 6, 5, 1, 0, 0, 0, 1, 0, 2, 2, 0}, uint8(0x80), uint8(3), uint16(0x00ff))
 	f.Add([]byte{0, 4, 0xe0, 5, 0, 0xff, 5, 1, 0, 8, 0xe0, 9, 0, 10, 5, 1, 2, 0}, uint8(0x82), uint8(3), uint16(0x70))
+	// Lanes of one table taken along (the high bit of chunk).
+	f.Add([]byte{0, 4, 0, 5, 0, 6, 5, 1, 0, 8, 0, 9, 0, 12, 5, 1, 3, 0}, uint8(1), uint8(0x83), uint16(0x00ff))
 	f.Fuzz(func(t *testing.T, ops []byte, workers, chunk uint8, limit uint16) {
 		if len(ops) > 400 {
 			ops = ops[:400]
@@ -128,6 +130,12 @@ func FuzzQueue(f *testing.F) {
 			Limit:     int64(limit%16) + 1,
 		})
 		defer q.Close()
+		if applyMany != nil || chunk&0x80 != 0 {
+			// Lanes taken along as with a slow target.
+			q.mu.Lock()
+			q.gatherAlways = true
+			q.mu.Unlock()
+		}
 
 		appliedIDs := func() map[int]bool {
 			mu.Lock()

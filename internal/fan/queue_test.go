@@ -118,6 +118,9 @@ func TestApplyManyGathersLanes(t *testing.T) {
 		Limit:    1 << 30,
 	})
 	defer q.Close()
+	q.mu.Lock()
+	q.gatherAlways = true // as with a slow target, without timing
+	q.mu.Unlock()
 	ctx := context.Background()
 	results := make(chan error, 100)
 	commit := func(b *Batch[int, item]) { b.CommitAsync(func(err error) { results <- err }) }
