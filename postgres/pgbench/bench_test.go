@@ -16,7 +16,8 @@
 //	LOGICAL_PGBENCH_OUT       also write the table to this file
 //	LOGICAL_PGBENCH_PERF      directory: `perf record -a -g` during each pgreplicate measurement
 //	LOGICAL_PGBENCH_CPUPROFILE directory: pgreplicate's --cpuprofile of each measurement
-//	LOGICAL_PGBENCH_BASELINE  a pgreplicate binary: adds the systems baseline (it, serial) and baseline-immediate (it, --immediate) to compare with in the same run
+//	LOGICAL_PGBENCH_BASELINE  a pgreplicate binary: adds the systems baseline (it, serial) and
+//	                          baseline-immediate (it, --immediate) to compare with in the same run
 //
 // Every measurement uses a fresh source and target database; the systems
 // run one after the other, never at the same time, so they do not compete
@@ -235,9 +236,9 @@ func TestPgbenchVsNative(t *testing.T) {
 		{name: "immediate", title: "pgreplicate --immediate", start: startPgreplicate([]string{"--immediate"})},
 	}
 	if bin := os.Getenv(envBaseline); bin != "" {
-		candidates = append(candidates, system{name: "baseline", title: "pgreplicate (serial) built elsewhere", start: startBinary(bin, nil)})
-		candidates = append(candidates, system{name: "baseline-immediate", title: "pgreplicate --immediate built elsewhere",
-			start: startBinary(bin, []string{"--immediate"})})
+		candidates = append(candidates,
+			system{name: "baseline", title: "pgreplicate (serial) built elsewhere", start: startBinary(bin, nil)},
+			system{name: "baseline-immediate", title: "pgreplicate --immediate built elsewhere", start: startBinary(bin, []string{"--immediate"})})
 	}
 	systems := selectSystems(t, candidates)
 

@@ -66,7 +66,9 @@ const defaultGCPercent = 400
 // results); with more Ps every hand-over wakes an idle P's thread, which
 // cost more CPU than the parallelism gave (bench/pg on 2 CPUs: CPU per row
 // of the backlog catch-up 14.8 against 21.7 µs, of the 2M-row load 9.4
-// against 11.8 µs, and no slower). Fan mode keeps the default.
+// against 11.8 µs, and no slower). Fan mode (--immediate) too: its shards
+// overlap on the network, where a goroutine waiting for its statement
+// gives up the P, and on 2 CPUs more Ps mostly spun in the scheduler.
 var oneProc bool
 
 // startCPUProfile writes a CPU profile to path until the returned function
@@ -204,7 +206,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	log.SetOutput(stderr)
 	level, _ := logrus.ParseLevel(o.logLevel)
 	log.SetLevel(level)
-	if oneProc && !o.immediate {
+	if oneProc {
 		runtime.GOMAXPROCS(1)
 	}
 	if o.cpuProfile != "" {
