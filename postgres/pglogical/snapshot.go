@@ -743,23 +743,18 @@ func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
 	if err := p.maybeSetPoint(ctx, true); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-p.events.Stopping():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	start := time.Now()
-	total, err := g.copyTables(ctx, p, r)
+	bf, err := g.prepareRound(ctx, p, r)
 	if err != nil {
+		return err
+	}
+	if err := p.events.Backfill(ctx, g.backfillName(), bf); err != nil {
 		if isClosed(p.events.Stopping()) {
-			return errors.New("pglogical: a stop interrupted the snapshot; the next start resumes it")
+			return errors.Wrap(err, "pglogical: a stop interrupted the snapshot; the next start resumes it")
 		}
 		return err
 	}
+	total := bf.total
 	closeConn(r.conn)
 	g.round = nil
 	var again []*snapTable
@@ -813,32 +808,30 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// copyTables makes sure the target tables can take the rows and copies the
-// chunks not done with Workers connections that import the snapshot.
-func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (int64, error) {
+// backfillName is the name of the nested loop that copies a round: its
+// consistent point, the set of chunks done, is persisted under it.
+func (g *snapGate) backfillName() string { return g.cfg.Key + ".snapshot" }
+
+// prepareRound makes sure the target tables can take the rows and returns
+// the backfiller that copies the chunks not done.
+func (g *snapGate) prepareRound(ctx context.Context, p *processor, r *snapRound) (*snapBackfill, error) {
 	conn, err := g.snapshotConn(ctx, r)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	type job struct {
-		t    *snapTable
-		c    *snapChunk
-		cols []string
-	}
-	var jobs []job
+	defer closeConn(conn.PgConn())
+	bf := &snapBackfill{g: g, p: p, r: r}
+	var marked []string
 	for _, t := range r.tables {
 		cols, err := g.sourceColumns(ctx, conn, t)
 		if err != nil {
-			closeConn(conn.PgConn())
-			return 0, err
+			return nil, err
 		}
 		if err := g.prepareTarget(ctx, p, conn, t, cols); err != nil {
-			closeConn(conn.PgConn())
-			return 0, err
+			return nil, err
 		}
 		if err := g.deferIndexes(ctx, p, t); err != nil {
-			closeConn(conn.PgConn())
-			return 0, err
+			return nil, err
 		}
 		t.spec.Columns = cols
 		names := make([]string, len(cols))
@@ -846,65 +839,159 @@ func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (
 			names[i] = c.Name
 		}
 		for _, c := range t.chunks {
-			if !c.done {
-				jobs = append(jobs, job{t: t, c: c, cols: names})
+			if c.done {
+				marked = append(marked, pieceName(t, c))
+			} else {
+				bf.jobs = append(bf.jobs, snapJob{t: t, c: c, cols: names})
 			}
 		}
 	}
-	closeConn(conn.PgConn())
+	bf.marked = logical.NewPieces(marked...)
+	return bf, nil
+}
 
-	work := make(chan job)
-	var mu sync.Mutex
-	var total int64
-	var firstErr error
-	fail := func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if firstErr == nil {
-			firstErr = err
+// pieceName names chunk c of t in the nested loop's point.
+func pieceName(t *snapTable, c *snapChunk) string { return t.name + "/" + strconv.Itoa(c.n) }
+
+// snapJob is a chunk to copy: the message from BackfillInto to Process.
+type snapJob struct {
+	t    *snapTable
+	c    *snapChunk
+	cols []string
+}
+
+// snapBackfill copies the chunks of a round, as the Backfiller of the
+// nested loop that Process runs with Events.Backfill when the stream
+// reached the round's position. BackfillInto hands over the chunks that
+// the Store has not marked done; Process copies them on Workers
+// connections that import the round's snapshot and, after each chunk
+// committed (rows and done mark in one target transaction), sets the
+// nested loop's point to the set of chunks done so far.
+type snapBackfill struct {
+	g      *snapGate
+	p      *processor
+	r      *snapRound
+	jobs   []snapJob
+	marked *logical.Pieces // the chunks of the round's tables the Store had marked done
+
+	mu    sync.Mutex // points are set one at a time, each the last plus a chunk; guards total
+	total int64
+}
+
+var _ logical.Backfiller = (*snapBackfill)(nil)
+
+// ZeroStamp implements logical.Dialect: the set of chunks done.
+func (b *snapBackfill) ZeroStamp() logical.Stamp { return &logical.Pieces{} }
+
+// ReadInto implements logical.Dialect; the nested loop only backfills.
+func (b *snapBackfill) ReadInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	return b.BackfillInto(ctx, ch, state)
+}
+
+// BackfillInto implements logical.Backfiller: one message per chunk to
+// copy. The Store's done marks, committed with the rows, decide what is
+// left; the nested point (set after the commit) can only lag behind them.
+func (b *snapBackfill) BackfillInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	for _, j := range b.jobs {
+		select {
+		case ch <- j:
+		case <-state.Stopping():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
+	return nil
+}
+
+// Process implements logical.Dialect: Workers goroutines copy the chunks
+// from ch. A stop cancels the copies in flight (their transactions roll
+// back) and is an error: the chunks not done are copied by the next
+// round.
+func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	for range min(g.cfg.Workers, len(jobs)) {
-		wg.Add(1)
+	go func() {
+		select {
+		case <-events.Stopping():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	// A crash between a chunk's commit and the point that follows it
+	// left the chunk marked done but not in the point: put it there.
+	if err := b.add(ctx, events, 0, b.marked.Names()...); err != nil {
+		return err
+	}
+	workers := min(b.g.cfg.Workers, len(b.jobs))
+	errs := make(chan error, workers)
+	for range workers {
 		go func() {
-			defer wg.Done()
-			conn, err := g.snapshotConn(ctx, r)
+			err := b.work(ctx, ch, events)
 			if err != nil {
-				fail(err)
 				cancel()
-				return
 			}
-			defer closeConn(conn.PgConn())
-			for j := range work {
-				n, err := g.copyChunk(ctx, p, conn, j.t, j.c, j.cols)
-				if err != nil {
-					fail(err)
-					cancel()
-					return
-				}
-				mu.Lock()
-				total += n
-				mu.Unlock()
-			}
+			errs <- err
 		}()
 	}
-feed:
-	for _, j := range jobs {
-		select {
-		case work <- j:
-		case <-ctx.Done():
-			break feed
+	var first error
+	for range workers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	close(work)
-	wg.Wait()
-	if firstErr == nil && ctx.Err() != nil {
-		firstErr = ctx.Err()
+	if first == nil && isClosed(events.Stopping()) {
+		first = errors.New("pglogical: stopped during the snapshot")
 	}
-	return total, firstErr
+	return first
+}
+
+// work copies chunks from ch until it is closed, over a connection of its
+// own that sees the round's snapshot.
+func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
+	conn, err := b.g.snapshotConn(ctx, b.r)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn.PgConn())
+	for {
+		var m logical.Message
+		var ok bool
+		select {
+		case m, ok = <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return nil
+		}
+		j, isJob := m.(snapJob)
+		if !isJob {
+			continue // the rollback sentinel: the nested loop never restarts BackfillInto
+		}
+		n, err := b.g.copyChunk(ctx, b.p, conn, j.t, j.c, j.cols)
+		if err != nil {
+			return err
+		}
+		if err := b.add(ctx, events, n, pieceName(j.t, j.c)); err != nil {
+			return err
+		}
+	}
+}
+
+// add counts rows copied and sets the nested point to the current one
+// plus pieces, unless it has them all.
+func (b *snapBackfill) add(ctx context.Context, events logical.Events, rows int64, pieces ...string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.total += rows
+	cp, _ := events.GetConsistentPoint()
+	cur, _ := cp.(*logical.Pieces)
+	next := cur.With(pieces...)
+	if next == cur {
+		return nil
+	}
+	return events.SetConsistentPoint(ctx, next)
 }
 
 // snapshotConn opens a source connection in a transaction that sees the
