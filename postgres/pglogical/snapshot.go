@@ -43,10 +43,11 @@ const (
 // were never copied are skipped: the copy will have them), and before the
 // first one that commits at or after Z, with nothing in between, Process
 // persists Z as its consistent point and copies the tables of the round
-// at the snapshot Z: Workers connections import the snapshot and COPY the
-// key ranges (chunks) of each table, each chunk into the target in one
-// transaction that first deletes the target's rows in its range and
-// marks the chunk done in the Store. Then the stream resumes at Z. So
+// at the snapshot Z, as a nested backfill (see below): Workers
+// connections import the snapshot and COPY the key ranges (chunks) of
+// each table, each chunk into the target in one transaction that first
+// deletes the target's rows in its range and marks the chunk done in the
+// Store. Then the stream resumes at Z. So
 // every chunk holds the rows of exactly the stream position it is copied
 // at, the target never holds a row the source did not have at that
 // position (secondary UNIQUE constraints hold throughout), and nothing
@@ -77,26 +78,46 @@ const (
 // a commit lost in a target crash loses both, and the chunk is copied
 // again.
 //
-// # Why not Events.Backfill
+// # What the library does for the copy
 //
-// The shape fits: Process could call Events.Backfill when the stream
-// reaches Z, with a Backfiller that reads the chunks at the snapshot, and
-// the nested loop would persist its own point and resume after a crash.
-// What does not fit is what makes a chunk exact and fast. A chunk must
-// delete its key range, write its rows and record itself done in one
-// target transaction: a Batch has per-key mutations and no range delete,
-// and the nested loop applies in fan mode and persists its point apart
-// from the rows. Its point is one Stamp, while chunks finish out of
-// order: a resume would copy again everything after the first chunk not
-// done. And rows as mutations cannot use COPY, binary or not, nor put
-// indexes off. The library would need an optional Batch method that
-// replaces a key range of a table with rows from a COPY stream and
-// commits a stamp with them (Target would implement it with this
-// package's DELETE and COPY), a Stamp that is a set of done chunks
-// (merged as they commit, in any order), and hooks before and after a
-// nested backfill (to put indexes off and create them again). With
-// those, the round would be an Events.Backfill call and this package
-// would keep only the planning and the snapshot's slot.
+// When the stream reaches Z, Process copies the round with
+// Events.Backfill: a nested loop named Key+".snapshot" whose Backfiller
+// hands over one message per chunk not done (BackfillInto) and copies
+// them on Workers goroutines (Process), each over its own connection
+// that imports the snapshot. Its consistent point is a logical.Pieces,
+// the set of chunks done, which Process sets after each chunk commits
+// (merged under a lock, so each point holds the last). The library gives
+// the copy what it gives a loop: contexts under the lease the stream
+// holds (so the Store's lease fence, and the Memo's, see the same lease),
+// the persisted progress under its own name, the stop (a stop during the
+// copy cancels the chunks in flight and is an error, never mistaken for a
+// finished copy: the stream does not resume at Z, and the next start
+// opens a new round for what is left), the backfilling metrics and log
+// fields, and chaos testing (WithChaos keeps the Backfiller; the nested
+// loop takes the Factory's chaos). The library changed for it in two
+// places: Pieces, a Stamp for pieces that finish in any order (an LSN
+// cannot say "chunks 1, 2 and 5", and a resume from the first chunk not
+// done would copy again all done after it), and a nested backfill is
+// complete only once its Process returned nil unstopped, not merely
+// once BackfillInto returned (this Process takes every chunk off the
+// channel at once and copies on its own goroutines).
+//
+// What stayed here, and why. A chunk still replaces its key range with
+// rows from a COPY stream (binary or text) and marks itself done in the
+// Store in one target transaction; a Batch carries per-key mutations,
+// which would lose COPY, the range DELETE and the deferred indexes. So
+// the Store's done mark, atomic with the rows, is what a resume trusts:
+// the nested point is persisted after the commit, and a crash in between
+// leaves a chunk done but not in the point (the next round puts it there
+// without copying it again). A chunk in the point but not marked done
+// (a Store reset by hand) is copied again, which is exact, as every
+// chunk replaces its range unless its table is blank, and blankness (no
+// chunk done, and the target table just created or found empty, under
+// lock, when its indexes are dropped) comes from the marks and the
+// target, never from the point. Planning, the round's slot and snapshot, creating tables
+// and columns, and putting indexes off and creating them again stay on
+// Process's own goroutine, before and after the Backfill call: they are
+// the dialect's, and no hook of the nested loop would make them simpler.
 //
 // # Limits
 //
