@@ -373,6 +373,37 @@ func TestSnapshotStop(t *testing.T) {
 	assert.Equal(t, 0, p.terminate(t))
 }
 
+// TestSnapshotChaos copies a table while faults are injected into the
+// dialect, its events and batches, the nested backfill's included
+// (logical.Config.ChaosProb, which the nested loop shares): each fault
+// ends the copy with an error, and the rounds that follow copy what is
+// left until the target equals the source. No writer runs: under chaos a
+// busy stream rarely gets a whole group through (a fault in any call
+// fails it), which is the stream's matter, not the copy's.
+func TestSnapshotChaos(t *testing.T) {
+	n := snapshotRows(t, 100000)
+	r := fillBig(t, n)
+	indexes := bigIndexes(t, r)
+	// 200 chunks, each followed by a SetConsistentPoint of the nested
+	// loop that fails with probability 0.05: a run without a fault in
+	// the nested loop has a chance of 0.95^200, under 1e-4.
+	stop, log := runLogged(t, snapshotArgs(r, n, "--chaosProb", "0.05", "--retryDelay", "50ms",
+		"--snapshotChunkRows", strconv.Itoa(max(n/200, 1))))
+	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
+		done, all := chunksDone(t, r)
+		return all > 0 && done == all
+	})
+	got := waitEqual(t, r, 3*time.Minute, bigSummary)
+	twice, chunks := copiedTwice(t, r)
+	t.Logf("target: %s; %d rows in %d chunks copied more than once", got, twice, chunks)
+	assert.Equal(t, 0, stop())
+	nested := strings.Count(log.String(), r.slot+`.snapshot\": Process: injected`)
+	t.Logf("faults inside the nested backfill: %d", nested)
+	assert.NotZero(t, nested, "faults were injected into the nested backfill")
+	assert.Equal(t, doneChunks(t, r), backfillPoint(t, r), "the nested loop's point holds every chunk done")
+	assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
+}
+
 // snapshotKills returns how many kills came while the target's indexes
 // were dropped for the copy.
 func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) (dropped int) {
