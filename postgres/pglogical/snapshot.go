@@ -945,6 +945,18 @@ func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, e
 		return err
 	}
 	workers := min(b.g.cfg.Workers, len(b.jobs))
+	if workers == 0 { // nothing to copy: done once the channel is closed
+		for {
+			select {
+			case _, ok := <-ch:
+				if !ok {
+					return nil
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
 	errs := make(chan error, workers)
 	for range workers {
 		go func() {
