@@ -85,9 +85,9 @@ const (
 // hands over one message per chunk not done (BackfillInto) and copies
 // them on Workers goroutines (Process), each over its own connection
 // that imports the snapshot. Its consistent point is a logical.Pieces,
-// the set of chunks done, which Process sets after each chunk commits
-// (merged under a lock, so each point holds the last). The library gives
-// the copy what it gives a loop: contexts under the lease the stream
+// the set of chunks done, which Process sets after chunks commit (merged
+// on one goroutine, so each point holds the last, and a worker does not
+// wait for the Memo). The library gives the copy what it gives a loop: contexts under the lease the stream
 // holds (so the Store's lease fence, and the Memo's, see the same lease),
 // the persisted progress under its own name, the stop (a stop during the
 // copy cancels the chunks in flight and is an error, never mistaken for a
@@ -841,7 +841,7 @@ func (g *snapGate) prepareRound(ctx context.Context, p *processor, r *snapRound)
 		return nil, err
 	}
 	defer closeConn(conn.PgConn())
-	bf := &snapBackfill{g: g, p: p, r: r}
+	bf := &snapBackfill{g: g, p: p, r: r, kick: make(chan struct{}, 1)}
 	var marked []string
 	for _, t := range r.tables {
 		cols, err := g.sourceColumns(ctx, conn, t)
@@ -885,9 +885,10 @@ type snapJob struct {
 // nested loop that Process runs with Events.Backfill when the stream
 // reached the round's position. BackfillInto hands over the chunks that
 // the Store has not marked done; Process copies them on Workers
-// connections that import the round's snapshot and, after each chunk
+// connections that import the round's snapshot and, after chunks
 // committed (rows and done mark in one target transaction), sets the
-// nested loop's point to the set of chunks done so far.
+// nested loop's point to the set of chunks done so far, on a goroutine of
+// its own that merges what finished meanwhile into one point.
 type snapBackfill struct {
 	g      *snapGate
 	p      *processor
@@ -895,8 +896,10 @@ type snapBackfill struct {
 	jobs   []snapJob
 	marked *logical.Pieces // the chunks of the round's tables the Store had marked done
 
-	mu    sync.Mutex // points are set one at a time, each the last plus a chunk; guards total
+	kick  chan struct{} // a chunk finished: wakes persist
+	mu    sync.Mutex    // guards total and todo
 	total int64
+	todo  []string // chunks finished and not yet in the point
 }
 
 var _ logical.Backfiller = (*snapBackfill)(nil)
@@ -941,26 +944,21 @@ func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, e
 	}()
 	// A crash between a chunk's commit and the point that follows it
 	// left the chunk marked done but not in the point: put it there.
-	if err := b.add(ctx, events, 0, b.marked.Names()...); err != nil {
-		return err
-	}
-	workers := min(b.g.cfg.Workers, len(b.jobs))
-	if workers == 0 { // nothing to copy: done once the channel is closed
-		for {
-			select {
-			case _, ok := <-ch:
-				if !ok {
-					return nil
-				}
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+	b.finished(0, b.marked.Names()...)
+	finish := make(chan struct{})
+	persisted := make(chan error, 1)
+	go func() {
+		err := b.persist(ctx, events, finish)
+		if err != nil {
+			cancel()
 		}
-	}
+		persisted <- err
+	}()
+	workers := min(b.g.cfg.Workers, len(b.jobs))
 	errs := make(chan error, workers)
 	for range workers {
 		go func() {
-			err := b.work(ctx, ch, events)
+			err := b.work(ctx, ch)
 			if err != nil {
 				cancel()
 			}
@@ -968,10 +966,17 @@ func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, e
 		}()
 	}
 	var first error
+	if workers == 0 { // nothing to copy: done once the channel is closed
+		first = drain(ctx, ch)
+	}
 	for range workers {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
+	}
+	close(finish)
+	if err := <-persisted; err != nil && (first == nil || errors.Is(first, context.Canceled)) {
+		first = err // the cause: the workers were cancelled for it
 	}
 	if first == nil && isClosed(events.Stopping()) {
 		first = errors.New("pglogical: stopped during the snapshot")
@@ -979,9 +984,67 @@ func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, e
 	return first
 }
 
+// drain waits for ch to be closed.
+func drain(ctx context.Context, ch <-chan logical.Message) error {
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// finished notes a chunk committed (rows copied, its piece) for persist.
+func (b *snapBackfill) finished(rows int64, pieces ...string) {
+	b.mu.Lock()
+	b.total += rows
+	b.todo = append(b.todo, pieces...)
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// persist sets the nested point to the current one plus the chunks
+// finished since, one point at a time and each holding the last, so a
+// worker goes on to its next chunk without waiting for the Memo; once
+// finish is closed (every worker returned) it sets what is left and
+// returns.
+func (b *snapBackfill) persist(ctx context.Context, events logical.Events, finish <-chan struct{}) error {
+	for {
+		last := false
+		select {
+		case <-b.kick:
+		case <-finish:
+			last = true
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b.mu.Lock()
+		todo := b.todo
+		b.todo = nil
+		b.mu.Unlock()
+		cp, _ := events.GetConsistentPoint()
+		cur, _ := cp.(*logical.Pieces)
+		if next := cur.With(todo...); next != cur {
+			if err := events.SetConsistentPoint(ctx, next); err != nil {
+				return err
+			}
+		}
+		if last {
+			return nil
+		}
+	}
+}
+
 // work copies chunks from ch until it is closed, over a connection of its
 // own that sees the round's snapshot.
-func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
+func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message) error {
 	conn, err := b.g.snapshotConn(ctx, b.r)
 	if err != nil {
 		return err
@@ -1006,25 +1069,8 @@ func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message, even
 		if err != nil {
 			return err
 		}
-		if err := b.add(ctx, events, n, pieceName(j.t, j.c)); err != nil {
-			return err
-		}
+		b.finished(n, pieceName(j.t, j.c))
 	}
-}
-
-// add counts rows copied and sets the nested point to the current one
-// plus pieces, unless it has them all.
-func (b *snapBackfill) add(ctx context.Context, events logical.Events, rows int64, pieces ...string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.total += rows
-	cp, _ := events.GetConsistentPoint()
-	cur, _ := cp.(*logical.Pieces)
-	next := cur.With(pieces...)
-	if next == cur {
-		return nil
-	}
-	return events.SetConsistentPoint(ctx, next)
 }
 
 // snapshotConn opens a source connection in a transaction that sees the
