@@ -21,9 +21,15 @@ type Events interface {
 	// backfiller as its source (BackfillInto) and fan events, its own
 	// consistent point persisted under loopName, and the settings of the
 	// enclosing loop. It returns nil once the backfiller returned nil and
-	// every message was processed. Any error, and a stop or cancellation
-	// before the backfill finished, is returned, so an interrupted
-	// backfill is never mistaken for a complete one. It does not retry.
+	// then Process returned nil, neither of them stopped or cancelled
+	// meanwhile (a Process that works on what it read in goroutines of
+	// its own is done when it returns, not when the channel is empty).
+	// Any error, and a stop or cancellation before the backfill
+	// finished, is returned, so an interrupted backfill is never
+	// mistaken for a complete one. It does not retry. The nested loop's
+	// contexts derive from ctx, so values in it (a lease that fences
+	// writes) reach the backfiller and the Memo. A backfill that
+	// finishes pieces in any order can use Pieces as its stamp.
 	Backfill(ctx context.Context, loopName string, backfiller Backfiller) error
 }
 

@@ -351,6 +351,7 @@ type result struct {
 	err       error
 	switched  bool // stopped for a mode switch
 	completed bool // the fill function returned nil without being stopped
+	processed bool // Process returned nil while the iteration was neither stopping nor cancelled
 }
 
 // runOnce is one iteration: lease, point, strategy, then the two sides.
@@ -473,6 +474,7 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 		mu        sync.Mutex
 		firstErr  error
 		completed bool
+		processed bool
 		switched  atomic.Bool
 		srcClosed atomic.Bool
 	)
@@ -504,6 +506,11 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 	go func() { // the processor
 		defer wg.Done()
 		err := callProcess(l.active, iter, ch, ev)
+		if err == nil && !iter.IsStopping() && iter.Err() == nil {
+			mu.Lock()
+			processed = true
+			mu.Unlock()
+		}
 		group.abandon(context.WithoutCancel(iter))
 		if err == nil && !srcClosed.Load() && !iter.IsStopping() {
 			err = errors.New("Process returned unexpectedly (before the channel was closed and without a stop)")
@@ -531,7 +538,7 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 		closeFan()
 	}
 
-	res := result{err: firstErr, switched: switched.Load(), completed: completed}
+	res := result{err: firstErr, switched: switched.Load(), completed: completed, processed: processed}
 	// The backfill has caught up when the watcher switched, and also when
 	// the backfiller finished before the watcher saw a young point.
 	caughtUp := res.switched || res.err == nil && res.completed && l.chooseMode() != modeBackfill

@@ -43,10 +43,11 @@ const (
 // were never copied are skipped: the copy will have them), and before the
 // first one that commits at or after Z, with nothing in between, Process
 // persists Z as its consistent point and copies the tables of the round
-// at the snapshot Z: Workers connections import the snapshot and COPY the
-// key ranges (chunks) of each table, each chunk into the target in one
-// transaction that first deletes the target's rows in its range and
-// marks the chunk done in the Store. Then the stream resumes at Z. So
+// at the snapshot Z, as a nested backfill (see below): Workers
+// connections import the snapshot and COPY the key ranges (chunks) of
+// each table, each chunk into the target in one transaction that first
+// deletes the target's rows in its range and marks the chunk done in the
+// Store. Then the stream resumes at Z. So
 // every chunk holds the rows of exactly the stream position it is copied
 // at, the target never holds a row the source did not have at that
 // position (secondary UNIQUE constraints hold throughout), and nothing
@@ -77,26 +78,46 @@ const (
 // a commit lost in a target crash loses both, and the chunk is copied
 // again.
 //
-// # Why not Events.Backfill
+// # What the library does for the copy
 //
-// The shape fits: Process could call Events.Backfill when the stream
-// reaches Z, with a Backfiller that reads the chunks at the snapshot, and
-// the nested loop would persist its own point and resume after a crash.
-// What does not fit is what makes a chunk exact and fast. A chunk must
-// delete its key range, write its rows and record itself done in one
-// target transaction: a Batch has per-key mutations and no range delete,
-// and the nested loop applies in fan mode and persists its point apart
-// from the rows. Its point is one Stamp, while chunks finish out of
-// order: a resume would copy again everything after the first chunk not
-// done. And rows as mutations cannot use COPY, binary or not, nor put
-// indexes off. The library would need an optional Batch method that
-// replaces a key range of a table with rows from a COPY stream and
-// commits a stamp with them (Target would implement it with this
-// package's DELETE and COPY), a Stamp that is a set of done chunks
-// (merged as they commit, in any order), and hooks before and after a
-// nested backfill (to put indexes off and create them again). With
-// those, the round would be an Events.Backfill call and this package
-// would keep only the planning and the snapshot's slot.
+// When the stream reaches Z, Process copies the round with
+// Events.Backfill: a nested loop named Key+".snapshot" whose Backfiller
+// hands over one message per chunk not done (BackfillInto) and copies
+// them on Workers goroutines (Process), each over its own connection
+// that imports the snapshot. Its consistent point is a logical.Pieces,
+// the set of chunks done, which Process sets after chunks commit (merged
+// on one goroutine, so each point holds the last, and a worker does not
+// wait for the Memo). The library gives the copy what it gives a loop: contexts under the lease the stream
+// holds (so the Store's lease fence, and the Memo's, see the same lease),
+// the persisted progress under its own name, the stop (a stop during the
+// copy cancels the chunks in flight and is an error, never mistaken for a
+// finished copy: the stream does not resume at Z, and the next start
+// opens a new round for what is left), the backfilling metrics and log
+// fields, and chaos testing (WithChaos keeps the Backfiller; the nested
+// loop takes the Factory's chaos). The library changed for it in two
+// places: Pieces, a Stamp for pieces that finish in any order (an LSN
+// cannot say "chunks 1, 2 and 5", and a resume from the first chunk not
+// done would copy again all done after it), and a nested backfill is
+// complete only once its Process returned nil unstopped, not merely
+// once BackfillInto returned (this Process takes every chunk off the
+// channel at once and copies on its own goroutines).
+//
+// What stayed here, and why. A chunk still replaces its key range with
+// rows from a COPY stream (binary or text) and marks itself done in the
+// Store in one target transaction; a Batch carries per-key mutations,
+// which would lose COPY, the range DELETE and the deferred indexes. So
+// the Store's done mark, atomic with the rows, is what a resume trusts:
+// the nested point is persisted after the commit, and a crash in between
+// leaves a chunk done but not in the point (the next round puts it there
+// without copying it again). A chunk in the point but not marked done
+// (a Store reset by hand) is copied again, which is exact, as every
+// chunk replaces its range unless its table is blank, and blankness (no
+// chunk done, and the target table just created or found empty, under
+// lock, when its indexes are dropped) comes from the marks and the
+// target, never from the point. Planning, the round's slot and snapshot, creating tables
+// and columns, and putting indexes off and creating them again stay on
+// Process's own goroutine, before and after the Backfill call: they are
+// the dialect's, and no hook of the nested loop would make them simpler.
 //
 // # Limits
 //
@@ -743,23 +764,18 @@ func (g *snapGate) copyRound(ctx context.Context, p *processor) error {
 	if err := p.maybeSetPoint(ctx, true); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-p.events.Stopping():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	start := time.Now()
-	total, err := g.copyTables(ctx, p, r)
+	bf, err := g.prepareRound(ctx, p, r)
 	if err != nil {
+		return err
+	}
+	if err := p.events.Backfill(ctx, g.backfillName(), bf); err != nil {
 		if isClosed(p.events.Stopping()) {
-			return errors.New("pglogical: a stop interrupted the snapshot; the next start resumes it")
+			return errors.Wrap(err, "pglogical: a stop interrupted the snapshot; the next start resumes it")
 		}
 		return err
 	}
+	total := bf.total
 	closeConn(r.conn)
 	g.round = nil
 	var again []*snapTable
@@ -813,32 +829,30 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// copyTables makes sure the target tables can take the rows and copies the
-// chunks not done with Workers connections that import the snapshot.
-func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (int64, error) {
+// backfillName is the name of the nested loop that copies a round: its
+// consistent point, the set of chunks done, is persisted under it.
+func (g *snapGate) backfillName() string { return g.cfg.Key + ".snapshot" }
+
+// prepareRound makes sure the target tables can take the rows and returns
+// the backfiller that copies the chunks not done.
+func (g *snapGate) prepareRound(ctx context.Context, p *processor, r *snapRound) (*snapBackfill, error) {
 	conn, err := g.snapshotConn(ctx, r)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	type job struct {
-		t    *snapTable
-		c    *snapChunk
-		cols []string
-	}
-	var jobs []job
+	defer closeConn(conn.PgConn())
+	bf := &snapBackfill{g: g, p: p, r: r, kick: make(chan struct{}, 1)}
+	var marked []string
 	for _, t := range r.tables {
 		cols, err := g.sourceColumns(ctx, conn, t)
 		if err != nil {
-			closeConn(conn.PgConn())
-			return 0, err
+			return nil, err
 		}
 		if err := g.prepareTarget(ctx, p, conn, t, cols); err != nil {
-			closeConn(conn.PgConn())
-			return 0, err
+			return nil, err
 		}
 		if err := g.deferIndexes(ctx, p, t); err != nil {
-			closeConn(conn.PgConn())
-			return 0, err
+			return nil, err
 		}
 		t.spec.Columns = cols
 		names := make([]string, len(cols))
@@ -846,65 +860,217 @@ func (g *snapGate) copyTables(ctx context.Context, p *processor, r *snapRound) (
 			names[i] = c.Name
 		}
 		for _, c := range t.chunks {
-			if !c.done {
-				jobs = append(jobs, job{t: t, c: c, cols: names})
+			if c.done {
+				marked = append(marked, pieceName(t, c))
+			} else {
+				bf.jobs = append(bf.jobs, snapJob{t: t, c: c, cols: names})
 			}
 		}
 	}
-	closeConn(conn.PgConn())
+	bf.marked = logical.NewPieces(marked...)
+	return bf, nil
+}
 
-	work := make(chan job)
-	var mu sync.Mutex
-	var total int64
-	var firstErr error
-	fail := func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if firstErr == nil {
-			firstErr = err
+// pieceName names chunk c of t in the nested loop's point.
+func pieceName(t *snapTable, c *snapChunk) string { return t.name + "/" + strconv.Itoa(c.n) }
+
+// snapJob is a chunk to copy: the message from BackfillInto to Process.
+type snapJob struct {
+	t    *snapTable
+	c    *snapChunk
+	cols []string
+}
+
+// snapBackfill copies the chunks of a round, as the Backfiller of the
+// nested loop that Process runs with Events.Backfill when the stream
+// reached the round's position. BackfillInto hands over the chunks that
+// the Store has not marked done; Process copies them on Workers
+// connections that import the round's snapshot and, after chunks
+// committed (rows and done mark in one target transaction), sets the
+// nested loop's point to the set of chunks done so far, on a goroutine of
+// its own that merges what finished meanwhile into one point.
+type snapBackfill struct {
+	g      *snapGate
+	p      *processor
+	r      *snapRound
+	jobs   []snapJob
+	marked *logical.Pieces // the chunks of the round's tables the Store had marked done
+
+	kick  chan struct{} // a chunk finished: wakes persist
+	mu    sync.Mutex    // guards total and todo
+	total int64
+	todo  []string // chunks finished and not yet in the point
+}
+
+var _ logical.Backfiller = (*snapBackfill)(nil)
+
+// ZeroStamp implements logical.Dialect: the set of chunks done.
+func (b *snapBackfill) ZeroStamp() logical.Stamp { return &logical.Pieces{} }
+
+// ReadInto implements logical.Dialect; the nested loop only backfills.
+func (b *snapBackfill) ReadInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	return b.BackfillInto(ctx, ch, state)
+}
+
+// BackfillInto implements logical.Backfiller: one message per chunk to
+// copy. The Store's done marks, committed with the rows, decide what is
+// left; the nested point (set after the commit) can only lag behind them.
+func (b *snapBackfill) BackfillInto(ctx context.Context, ch chan<- logical.Message, state logical.State) error {
+	for _, j := range b.jobs {
+		select {
+		case ch <- j:
+		case <-state.Stopping():
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
+	return nil
+}
+
+// Process implements logical.Dialect: Workers goroutines copy the chunks
+// from ch. A stop cancels the copies in flight (their transactions roll
+// back) and is an error: the chunks not done are copied by the next
+// round.
+func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	for range min(g.cfg.Workers, len(jobs)) {
-		wg.Add(1)
+	go func() {
+		select {
+		case <-events.Stopping():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	// A crash between a chunk's commit and the point that follows it
+	// left the chunk marked done but not in the point: put it there.
+	b.finished(0, b.marked.Names()...)
+	finish := make(chan struct{})
+	persisted := make(chan error, 1)
+	go func() {
+		err := b.persist(ctx, events, finish)
+		if err != nil {
+			cancel()
+		}
+		persisted <- err
+	}()
+	workers := min(b.g.cfg.Workers, len(b.jobs))
+	errs := make(chan error, workers)
+	for range workers {
 		go func() {
-			defer wg.Done()
-			conn, err := g.snapshotConn(ctx, r)
+			err := b.work(ctx, ch)
 			if err != nil {
-				fail(err)
 				cancel()
-				return
 			}
-			defer closeConn(conn.PgConn())
-			for j := range work {
-				n, err := g.copyChunk(ctx, p, conn, j.t, j.c, j.cols)
-				if err != nil {
-					fail(err)
-					cancel()
-					return
-				}
-				mu.Lock()
-				total += n
-				mu.Unlock()
-			}
+			errs <- err
 		}()
 	}
-feed:
-	for _, j := range jobs {
-		select {
-		case work <- j:
-		case <-ctx.Done():
-			break feed
+	var first error
+	if workers == 0 { // nothing to copy: done once the channel is closed
+		first = drain(ctx, ch)
+	}
+	for range workers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
 	}
-	close(work)
-	wg.Wait()
-	if firstErr == nil && ctx.Err() != nil {
-		firstErr = ctx.Err()
+	close(finish)
+	if err := <-persisted; err != nil && (first == nil || errors.Is(first, context.Canceled)) {
+		first = err // the cause: the workers were cancelled for it
 	}
-	return total, firstErr
+	if first == nil && isClosed(events.Stopping()) {
+		first = errors.New("pglogical: stopped during the snapshot")
+	}
+	return first
+}
+
+// drain waits for ch to be closed.
+func drain(ctx context.Context, ch <-chan logical.Message) error {
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// finished notes a chunk committed (rows copied, its piece) for persist.
+func (b *snapBackfill) finished(rows int64, pieces ...string) {
+	b.mu.Lock()
+	b.total += rows
+	b.todo = append(b.todo, pieces...)
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// persist sets the nested point to the current one plus the chunks
+// finished since, one point at a time and each holding the last, so a
+// worker goes on to its next chunk without waiting for the Memo; once
+// finish is closed (every worker returned) it sets what is left and
+// returns.
+func (b *snapBackfill) persist(ctx context.Context, events logical.Events, finish <-chan struct{}) error {
+	for {
+		last := false
+		select {
+		case <-b.kick:
+		case <-finish:
+			last = true
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b.mu.Lock()
+		todo := b.todo
+		b.todo = nil
+		b.mu.Unlock()
+		cp, _ := events.GetConsistentPoint()
+		cur, _ := cp.(*logical.Pieces)
+		if next := cur.With(todo...); next != cur {
+			if err := events.SetConsistentPoint(ctx, next); err != nil {
+				return err
+			}
+		}
+		if last {
+			return nil
+		}
+	}
+}
+
+// work copies chunks from ch until it is closed, over a connection of its
+// own that sees the round's snapshot.
+func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message) error {
+	conn, err := b.g.snapshotConn(ctx, b.r)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn.PgConn())
+	for {
+		var m logical.Message
+		var ok bool
+		select {
+		case m, ok = <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return nil
+		}
+		j, isJob := m.(snapJob)
+		if !isJob {
+			continue // the rollback sentinel: the nested loop never restarts BackfillInto
+		}
+		n, err := b.g.copyChunk(ctx, b.p, conn, j.t, j.c, j.cols)
+		if err != nil {
+			return err
+		}
+		b.finished(n, pieceName(j.t, j.c))
+	}
 }
 
 // snapshotConn opens a source connection in a transaction that sees the

@@ -103,6 +103,7 @@ type options struct {
 	metricsAddr, logLevel       string
 	cpuProfile                  string
 	schemaMap                   string
+	chaosProb                   float64
 	snap                        snapshotOptions // snapshot.go
 }
 
@@ -135,6 +136,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.lease, "lease", 0, "hold a lease of this lifetime so that one process of several replicates (0: no lease)")
 	fs.StringVar(&o.metricsAddr, "metricsAddr", "", "serve Prometheus metrics on this address, e.g. :9090")
 	fs.StringVar(&o.logLevel, "logLevel", "info", "trace, debug, info, warn or error")
+	fs.Float64Var(&o.chaosProb, "chaosProb", 0, "for tests: probability that each call of the dialect, its events and batches fails with an injected error (logical.Config.ChaosProb; 0: off)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until pgreplicate exits")
 	snapshotFlags(fs, &o.snap)
 	if err := fs.Parse(args); err != nil {
@@ -338,6 +340,7 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		Immediate:      o.immediate,
 		RetryDelay:     o.retryDelay,
 		StandbyTimeout: o.standbyTimeout,
+		ChaosProb:      float32(o.chaosProb),
 		Memo:           memo,
 		Target:         target,
 		Logger:         log,

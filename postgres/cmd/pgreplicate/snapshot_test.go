@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -191,6 +192,50 @@ func copiedTwice(t *testing.T, r *replication) (int64, int) {
 	return rows, chunks
 }
 
+// doneChunks returns the chunks the snapshot table marks done, as
+// "table/chunk".
+func doneChunks(t *testing.T, r *replication) []string {
+	t.Helper()
+	rows, err := r.dst.Pool.Query(t.Context(), `SELECT source_table || '/' || chunk FROM _logical.snapshot WHERE chunk >= 0 AND done ORDER BY 1`)
+	require.NoError(t, err)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return out
+}
+
+// attempts returns how many times each chunk was started, by
+// "table/chunk".
+func attempts(t *testing.T, r *replication) map[string]int {
+	t.Helper()
+	rows, err := r.dst.Pool.Query(t.Context(), `SELECT source_table || '/' || chunk, attempts FROM _logical.snapshot WHERE chunk >= 0`)
+	require.NoError(t, err)
+	out := make(map[string]int)
+	var name string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+		out[name] = n
+		return nil
+	})
+	require.NoError(t, err)
+	return out
+}
+
+// backfillPoint returns the consistent point of the nested loop that
+// copies the snapshot (logical.Events.Backfill, named after the slot),
+// the chunks it persisted as done; nil if it has none.
+func backfillPoint(t *testing.T, r *replication) []string {
+	t.Helper()
+	var raw []byte
+	err := r.dst.Pool.QueryRow(t.Context(), `SELECT value FROM _logical.memo WHERE key = $1`, r.slot+".snapshot").Scan(&raw)
+	if err == pgx.ErrNoRows {
+		return nil
+	}
+	require.NoError(t, err)
+	var names []string
+	require.NoError(t, json.Unmarshal(raw, &names), "the nested point is the JSON array of chunks done: %s", raw)
+	return names
+}
+
 // bigIndexes sums up the indexes and constraints of the target's big.
 func bigIndexes(t *testing.T, r *replication) string {
 	t.Helper()
@@ -247,6 +292,11 @@ func TestSnapshot(t *testing.T) {
 			// for the copy and are back as they were.
 			assert.Contains(t, log.String(), "indexes put off until the rows are in")
 			assert.Equal(t, indexes, bigIndexes(t, r))
+			// The copy ran as the library's nested backfill: its point,
+			// persisted under its own name, is the set of chunks done.
+			done := doneChunks(t, r)
+			require.NotEmpty(t, done)
+			assert.Equal(t, done, backfillPoint(t, r), "the nested loop's point holds every chunk done")
 		})
 	}
 }
@@ -277,6 +327,81 @@ func TestSnapshotKillsCreate(t *testing.T) { snapshotKills(t, 100000, 3, true) }
 // position are still in an uncommitted group.
 func TestSnapshotKillsImmediate(t *testing.T) {
 	snapshotKills(t, 100000, 3, false, "--immediate", "--fanShards", "1") // one worker: see TestSnapshot
+}
+
+// TestSnapshotStop stops pgreplicate gracefully (SIGTERM) in the middle of
+// the snapshot: the copy is the library's nested backfill, so the stop
+// interrupts it (an error, not a finished copy), the nested point holds
+// only chunks that are done, and the next start copies only the chunks
+// that were not done; the target ends equal to the source.
+func TestSnapshotStop(t *testing.T) {
+	n := snapshotRows(t, 400000)
+	r := fillBig(t, n)
+	indexes := bigIndexes(t, r)
+	w := startWriter(t, r, n)
+	args := snapshotArgs(r, n, "--snapshotWorkers", "2", "--logLevel", "debug")
+	p := startProcess(t, "pgreplicate", args)
+	pgtest.Eventually(t, 3*time.Minute, "a chunk before the stop", func() bool {
+		done, _ := chunksDone(t, r)
+		return done > 0
+	})
+	assert.Equal(t, 0, p.terminate(t), "a stop during the snapshot is a clean exit")
+	before := doneChunks(t, r)
+	_, all := chunksDone(t, r)
+	require.Less(t, len(before), all, "the stop came before the last chunk (or the test cannot show a resume)")
+	assert.Contains(t, p.log.String(), "a stop interrupted the snapshot", "the interrupted copy is an error, never a finished one")
+	assert.NotContains(t, p.log.String(), "snapshot copied")
+	assert.Subset(t, before, backfillPoint(t, r), "the nested point holds only chunks that are done")
+	tried := attempts(t, r)
+
+	p = startProcess(t, "pgreplicate", args)
+	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
+		done, all := chunksDone(t, r)
+		return all > 0 && done == all
+	})
+	after := attempts(t, r)
+	for _, c := range before {
+		assert.Equal(t, tried[c], after[c], "chunk %s, done before the stop, is not copied again", c)
+	}
+	assert.Equal(t, doneChunks(t, r), backfillPoint(t, r), "the resumed backfill's point holds every chunk")
+	base := w.txs.Load()
+	pgtest.Eventually(t, time.Minute, "more changes", func() bool { return w.txs.Load() > base+300 })
+	w.finish(t)
+	got := waitEqual(t, r, 3*time.Minute, bigSummary)
+	t.Logf("writer: %v; target: %s; %d of %d chunks done at the stop", w.ops, got, len(before), all)
+	assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
+	assert.Equal(t, 0, p.terminate(t))
+}
+
+// TestSnapshotChaos copies a table while faults are injected into the
+// dialect, its events and batches, the nested backfill's included
+// (logical.Config.ChaosProb, which the nested loop shares): each fault
+// ends the copy with an error, and the rounds that follow copy what is
+// left until the target equals the source. No writer runs: under chaos a
+// busy stream rarely gets a whole group through (a fault in any call
+// fails it), which is the stream's matter, not the copy's.
+func TestSnapshotChaos(t *testing.T) {
+	n := snapshotRows(t, 100000)
+	r := fillBig(t, n)
+	indexes := bigIndexes(t, r)
+	// 200 chunks, each followed by a SetConsistentPoint of the nested
+	// loop that fails with probability 0.05: a run without a fault in
+	// the nested loop has a chance of 0.95^200, under 1e-4.
+	stop, log := runLogged(t, snapshotArgs(r, n, "--chaosProb", "0.05", "--retryDelay", "50ms",
+		"--snapshotChunkRows", strconv.Itoa(max(n/200, 1))))
+	pgtest.Eventually(t, 5*time.Minute, "the snapshot", func() bool {
+		done, all := chunksDone(t, r)
+		return all > 0 && done == all
+	})
+	got := waitEqual(t, r, 3*time.Minute, bigSummary)
+	twice, chunks := copiedTwice(t, r)
+	t.Logf("target: %s; %d rows in %d chunks copied more than once", got, twice, chunks)
+	assert.Equal(t, 0, stop())
+	nested := strings.Count(log.String(), r.slot+`.snapshot\": Process: injected`)
+	t.Logf("faults inside the nested backfill: %d", nested)
+	assert.NotZero(t, nested, "faults were injected into the nested backfill")
+	assert.Equal(t, doneChunks(t, r), backfillPoint(t, r), "the nested loop's point holds every chunk done")
+	assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
 }
 
 // snapshotKills returns how many kills came while the target's indexes
