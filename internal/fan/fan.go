@@ -798,21 +798,28 @@ func (q *Queue[T, M]) applyPartsLocked(ctx context.Context, parts []Part[T, M]) 
 // CommitAsync callbacks that are due to finished. The caller holds q.mu.
 func (q *Queue[T, M]) settleLocked(ln *lane[T, M], end int, err error, finished []func()) []func() {
 	for k := range ln.queue[:end] {
-		c := ln.queue[k]
-		b := c.batch
-		if err != nil && b.err == nil && !b.dropped {
-			b.err = err
-		}
-		b.outstanding--
-		q.bytes -= int64(c.bytes)
-		q.putSliceLocked(c.items)
-		if b.outstanding == 0 && b.done != nil {
-			finished = append(finished, b.finishLocked())
-		}
+		finished = q.settleChunkLocked(ln.queue[k], err, finished)
 	}
 	n := copy(ln.queue, ln.queue[end:])
 	clear(ln.queue[n:])
 	ln.queue = ln.queue[:n]
+	return finished
+}
+
+// settleChunkLocked ends chunk c, applied with the result err or
+// skipped, and appends its batch's CommitAsync callback to finished if c
+// was the batch's last chunk. The caller holds q.mu.
+func (q *Queue[T, M]) settleChunkLocked(c chunk[T, M], err error, finished []func()) []func() {
+	b := c.batch
+	if err != nil && b.err == nil && !b.dropped {
+		b.err = err
+	}
+	b.outstanding--
+	q.bytes -= int64(c.bytes)
+	q.putSliceLocked(c.items)
+	if b.outstanding == 0 && b.done != nil {
+		finished = append(finished, b.finishLocked())
+	}
 	return finished
 }
 
@@ -947,16 +954,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 		for k := range run {
 			c := run[k]
 			run[k] = chunk[T, M]{}
-			b := c.batch
-			if err != nil && b.err == nil && !b.dropped {
-				b.err = err
-			}
-			b.outstanding--
-			q.bytes -= int64(c.bytes)
-			q.putSliceLocked(c.items)
-			if b.outstanding == 0 && b.done != nil {
-				finished = append(finished, b.finishLocked())
-			}
+			finished = q.settleChunkLocked(c, err, finished)
 		}
 		q.notifyLocked()
 		i = j
