@@ -507,6 +507,19 @@ func (x *targetTx) Commit(ctx context.Context) error {
 	if x.conn == nil {
 		return errors.New("pgstore: the target transaction has ended")
 	}
+	x.sendCommit(ctx)
+	x.end(ctx)
+	if x.err != nil {
+		return x.err
+	}
+	x.committed()
+	return nil
+}
+
+// sendCommit ends an open COPY and, unless a statement failed, sends what
+// is queued wrapped in BEGIN and COMMIT and reads the results; x.err
+// holds the outcome.
+func (x *targetTx) sendCommit(ctx context.Context) {
 	if x.copy != nil {
 		_ = x.endCopy(false)
 	}
@@ -518,15 +531,14 @@ func (x *targetTx) Commit(ctx context.Context) error {
 			_ = x.collect()
 		}
 	}
-	if x.err != nil {
-		x.end(ctx)
-		return x.err
-	}
-	x.end(ctx)
+}
+
+// committed lifts the row-by-row writing of the tables this transaction
+// had to write so, once it committed.
+func (x *targetTx) committed() {
 	for _, table := range x.byRow {
 		x.target.setRowByRow(table, false)
 	}
-	return nil
 }
 
 // CommitChain implements logical.ChainTx: the COMMIT goes to the server
@@ -545,23 +557,11 @@ func (x *targetTx) CommitChain(ctx context.Context) (logical.TargetTx, <-chan er
 	link := &chainLink{done: make(chan struct{})}
 	next := &targetTx{target: x.target, conn: x.conn, after: link}
 	go func() {
-		if x.copy != nil {
-			_ = x.endCopy(false)
-		}
-		if x.err == nil {
-			x.queue(stmt{what: "beginning the target transaction"}, "BEGIN")
-			x.queue(stmt{what: "committing the target transaction"}, "COMMIT")
-			x.committing = true
-			if err := x.send(ctx); err == nil {
-				_ = x.collect()
-			}
-		}
+		x.sendCommit(ctx)
 		err := x.err
 		x.close(ctx, false)
 		if err == nil {
-			for _, table := range x.byRow {
-				x.target.setRowByRow(table, false)
-			}
+			x.committed()
 		}
 		link.err = err
 		close(link.done)
