@@ -11,7 +11,7 @@
 //	LOGICAL_PGBENCH_RUNS      runs of every measurement (default 3); the table shows medians
 //	LOGICAL_PGBENCH_DURATION  length of the timed pgbench run (default 15s)
 //	LOGICAL_PGBENCH_SYSTEMS   comma-separated subset of native,serial,immediate
-//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of backlog,tpcb16,simple16,load,bulk2m,run
+//	LOGICAL_PGBENCH_WORKLOADS comma-separated subset of backlog,backlog60k,tpcb16,simple16,load,bulk2m,run
 //	                          (default: all but run)
 //	LOGICAL_PGBENCH_OUT       also write the table to this file
 //	LOGICAL_PGBENCH_PERF      directory: `perf record -a -g` during each pgreplicate measurement
@@ -199,6 +199,19 @@ func TestPgbenchVsNative(t *testing.T) {
 			rowsPerTxn: 4,
 		},
 		{
+			// The same, five times longer: the replicators' start (slot,
+			// catalog, first message) and the 100 ms polls weigh a fifth
+			// as much as in a catch-up of about a second.
+			name:    "backlog60k",
+			title:   fmt.Sprintf("backlog of %d txns x 4 stmts (-c 8), catch-up", backlogClients*backlogPerClient*5),
+			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+			args: []string{"-n", "-c", strconv.Itoa(backlogClients), "-j", "2", "-t", strconv.Itoa(backlogPerClient * 5),
+				"--max-tries", "10"},
+			script:     backlogScript,
+			backlog:    true,
+			rowsPerTxn: 4,
+		},
+		{
 			name:       "tpcb16",
 			title:      fmt.Sprintf("%s pgbench -c 16 tpcb-like", duration),
 			prepare:    []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
@@ -222,7 +235,7 @@ func TestPgbenchVsNative(t *testing.T) {
 			rowsPerTxn: 4,
 		},
 	}
-	workloads := selectWorkloads(t, all, []string{"backlog", "tpcb16", "simple16", "load", "bulk2m"})
+	workloads := selectWorkloads(t, all, []string{"backlog", "backlog60k", "tpcb16", "simple16", "load", "bulk2m"})
 	for i, w := range workloads {
 		if w.script != "" {
 			path := filepath.Join(t.TempDir(), w.name+".sql")
@@ -733,7 +746,7 @@ func selectWorkloads(t *testing.T, all []workload, def []string) []workload {
 	var out []workload
 	for _, n := range names {
 		i := slices.IndexFunc(all, func(w workload) bool { return w.name == n })
-		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (backlog, tpcb16, simple16, load, bulk2m, run)", envWorkloads, n)
+		require.GreaterOrEqual(t, i, 0, "%s: unknown workload %q (backlog, backlog60k, tpcb16, simple16, load, bulk2m, run)", envWorkloads, n)
 		out = append(out, all[i])
 	}
 	return out
