@@ -3,6 +3,7 @@ package fan
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -68,33 +69,73 @@ func FuzzQueue(f *testing.F) {
 	f.Add([]byte{0, 5, 8, 5, 0, 6, 4, 0, 3, 0, 3, 8}, uint8(1), uint8(1), uint16(1))
 	f.Add([]byte{0, 0xff, 0, 1, 0, 2, 3, 0, 5, 9, 0, 1, 2, 0}, uint8(3), uint8(3), uint16(64))
 	f.Add([]byte{5, 0, 0, 4, 8, 4, 16, 4, 0, 4, 4, 0, 12, 0, 20, 0}, uint8(4), uint8(1), uint16(2))
+	// ApplyMany (the high bit of workers): small batches over the three
+	// tables, committed asynchronously, with merged applies.
+	f.Add([]byte{0, 0, 0, 1, 0, 2, 5, 1, 0, 4, 0, 5, 0, 6, 5, 1, 0, 0, 0, 1, 0, 2, 2, 0}, uint8(0x80), uint8(3), uint16(0x00ff))
+	f.Add([]byte{0, 4, 0xe0, 5, 0, 0xff, 5, 1, 0, 8, 0xe0, 9, 0, 10, 5, 1, 2, 0}, uint8(0x82), uint8(3), uint16(0x70))
+	// Lanes of one table taken along (the high bit of chunk).
+	f.Add([]byte{0, 4, 0, 5, 0, 6, 5, 1, 0, 8, 0, 9, 0, 12, 5, 1, 3, 0}, uint8(1), uint8(0x83), uint16(0x00ff))
 	f.Fuzz(func(t *testing.T, ops []byte, workers, chunk uint8, limit uint16) {
 		if len(ops) > 400 {
 			ops = ops[:400]
 		}
 		var mu sync.Mutex
 		var log []applied
+		var bad string // a malformed ApplyMany call
+		logLocked := func(table uint8, items []fuzzItem) error {
+			var err error
+			for _, it := range items {
+				log = append(log, applied{table, it})
+				if it.fail {
+					err = errApply
+				}
+			}
+			return err
+		}
+		var applyMany func(context.Context, []Part[uint8, fuzzItem]) error
+		if workers&0x80 != 0 {
+			// Lanes of several tables applied together, as one unit.
+			applyMany = func(_ context.Context, parts []Part[uint8, fuzzItem]) error {
+				mu.Lock()
+				defer mu.Unlock()
+				seen := make(map[uint8]bool)
+				var err error
+				for _, p := range parts {
+					if seen[p.Table] || len(p.Items) == 0 {
+						bad = fmt.Sprintf("ApplyMany: table %d twice or empty in %v", p.Table, parts)
+					}
+					seen[p.Table] = true
+					if e := logLocked(p.Table, p.Items); e != nil {
+						err = e
+					}
+				}
+				if len(parts) < 2 {
+					bad = "ApplyMany with fewer than 2 tables"
+				}
+				return err
+			}
+		}
 		q := New(context.Background(), Config[uint8, fuzzItem]{
 			Apply: func(_ context.Context, table uint8, items []fuzzItem) error {
 				mu.Lock()
 				defer mu.Unlock()
-				var err error
-				for _, it := range items {
-					log = append(log, applied{table, it})
-					if it.fail {
-						err = errApply
-					}
-				}
-				return err
+				return logLocked(table, items)
 			},
-			Hash:     func(it fuzzItem) uint64 { return uint64(it.key) * 0x9e3779b97f4a7c15 },
-			Size:     func(fuzzItem) int { return 1 },
-			Workers:  int(workers%4) + 1,
-			Chunk:    int(chunk%4) + 1,
-			MaxApply: int(limit>>4) % 9, // 0: Chunk
-			Limit:    int64(limit%16) + 1,
+			ApplyMany: applyMany,
+			Hash:      func(it fuzzItem) uint64 { return uint64(it.key) * 0x9e3779b97f4a7c15 },
+			Size:      func(fuzzItem) int { return 1 },
+			Workers:   int(workers%4) + 1,
+			Chunk:     int(chunk%4) + 1,
+			MaxApply:  int(limit>>4) % 9, // 0: Chunk
+			Limit:     int64(limit%16) + 1,
 		})
 		defer q.Close()
+		if applyMany != nil || chunk&0x80 != 0 {
+			// Lanes taken along as with a slow target.
+			q.mu.Lock()
+			q.gatherAlways = true
+			q.mu.Unlock()
+		}
 
 		appliedIDs := func() map[int]bool {
 			mu.Lock()
@@ -288,6 +329,10 @@ func FuzzQueue(f *testing.F) {
 		// Per table and key: increasing ids, so in Add order and each
 		// item at most once.
 		mu.Lock()
+		if bad != "" {
+			mu.Unlock()
+			t.Fatal(bad)
+		}
 		last := make(map[[2]uint8]int)
 		for _, a := range log {
 			k := [2]uint8{a.table, a.item.key}

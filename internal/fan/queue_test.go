@@ -2,6 +2,7 @@ package fan
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 )
@@ -64,5 +65,127 @@ func TestBusyLaneDropsAppliedChunks(t *testing.T) {
 	// half its queue; without that, it would reach n entries here.
 	if limit := 2*compactAfter + 4; maxQueue > limit {
 		t.Errorf("a busy lane's queue reached %d entries (applied ones kept), want at most %d", maxQueue, limit)
+	}
+}
+
+// TestApplyManyGathersLanes holds the only worker in its first apply
+// while small batches queue items on the lanes of three tables, then lets
+// it go: the lanes ready together must be applied in ApplyMany calls of
+// several tables, every item once, and each key's items in the order they
+// were added, across batches.
+func TestApplyManyGathersLanes(t *testing.T) {
+	type item struct{ key, id int }
+	gate := make(chan struct{})
+	var mu sync.Mutex
+	var log [][2]int // table, id
+	keyOf := make(map[int]int)
+	manyCalls, tablesInMany := 0, 0
+	first := true
+	record := func(table int, items []item) {
+		for _, it := range items {
+			log = append(log, [2]int{table, it.id})
+		}
+	}
+	q := New(context.Background(), Config[int, item]{
+		Apply: func(_ context.Context, table int, items []item) error {
+			mu.Lock()
+			wait := first
+			first = false
+			mu.Unlock()
+			if wait {
+				<-gate
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			record(table, items)
+			return nil
+		},
+		ApplyMany: func(_ context.Context, parts []Part[int, item]) error {
+			mu.Lock()
+			defer mu.Unlock()
+			manyCalls++
+			tablesInMany += len(parts)
+			for _, p := range parts {
+				record(p.Table, p.Items)
+			}
+			return nil
+		},
+		Hash:     func(it item) uint64 { return uint64(it.key) },
+		Size:     func(item) int { return 1 },
+		Workers:  1,
+		Chunk:    100, // gathered lanes hold up to a chunk's worth
+		MaxApply: 200,
+		Limit:    1 << 30,
+	})
+	defer q.Close()
+	q.mu.Lock()
+	q.gatherAlways = true // as with a slow target, without timing
+	q.mu.Unlock()
+	ctx := context.Background()
+	results := make(chan error, 100)
+	commit := func(b *Batch[int, item]) { b.CommitAsync(func(err error) { results <- err }) }
+	id := 0
+	add := func(b *Batch[int, item], table, key int) {
+		id++
+		mu.Lock()
+		keyOf[id] = key
+		mu.Unlock()
+		if err := b.Add(ctx, table, []item{{key: key, id: id}}); err != nil {
+			t.Fatalf("Add: %v", err)
+		}
+	}
+	b := q.Begin()
+	add(b, 0, 0)
+	commit(b)
+	// Wait (bounded) until the worker holds lane 0 of table 0 in its
+	// first apply.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		q.mu.Lock()
+		busy := q.tables[0][0].busy
+		q.mu.Unlock()
+		if busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the worker did not start the first apply")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	const batches = 40
+	for i := range batches {
+		b := q.Begin()
+		for table := range 3 {
+			add(b, table, (i+table)%5)
+			add(b, table, (i*7+table)%5)
+		}
+		commit(b)
+	}
+	close(gate)
+	for range batches + 1 {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Fatalf("CommitAsync: %v", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("a CommitAsync callback never came")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if manyCalls == 0 || tablesInMany < 2*manyCalls {
+		t.Fatalf("ApplyMany called %d times with %d tables in all; want calls of several tables", manyCalls, tablesInMany)
+	}
+	if len(log) != id {
+		t.Fatalf("applied %d items, want %d", len(log), id)
+	}
+	last := make(map[[2]int]int)
+	for _, a := range log {
+		k := [2]int{a[0], keyOf[a[1]]}
+		if prev, ok := last[k]; ok && a[1] <= prev {
+			t.Fatalf("table %d key %d: item %d applied after item %d", k[0], k[1], a[1], prev)
+		}
+		last[k] = a[1]
 	}
 }
