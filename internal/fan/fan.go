@@ -749,6 +749,12 @@ func (q *Queue[T, M]) runSomeLocked(ctx context.Context, ln *lane[T, M]) {
 	}
 	// The caller may be done with its batch and not come back for them.
 	q.wakeLocked(requeued)
+	if q.closed && requeued > 0 {
+		// Close skipped these lanes while they were busy, and no worker
+		// is left to run them: end what CommitAsync left on them now, as
+		// Close did for the others (runLocked would have run them dry).
+		finished = append(finished, q.dropAsyncLocked()...)
+	}
 	q.notifyLocked()
 	if len(finished) > 0 {
 		q.mu.Unlock()

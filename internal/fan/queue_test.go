@@ -2,6 +2,7 @@ package fan
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -187,5 +188,124 @@ func TestApplyManyGathersLanes(t *testing.T) {
 			t.Fatalf("table %d key %d: item %d applied after item %d", k[0], k[1], a[1], prev)
 		}
 		last[k] = a[1]
+	}
+}
+
+// TestCloseDuringGatheredApply closes the queue while a waiting batch's
+// Commit applies its lane together with a lane of a batch committed with
+// CommitAsync, and a third batch, also committed with CommitAsync, has
+// queued behind on that lane meanwhile. Close dropped what nobody ran,
+// but that lane was busy then; the goroutine that gathered it stops once
+// its own batch is done, so it must end what is left on the lane itself
+// (ErrClosed) before its Commit returns, or that callback never comes.
+func TestCloseDuringGatheredApply(t *testing.T) {
+	type item struct{ key, id int }
+	gateW, gateA := make(chan struct{}), make(chan struct{})
+	inW, inA := make(chan struct{}, 2), make(chan struct{})
+	q := New(context.Background(), Config[int, item]{
+		Apply: func(_ context.Context, table int, items []item) error {
+			for _, it := range items {
+				switch it.id {
+				case 1, 2: // held by the two workers
+					inW <- struct{}{}
+					<-gateW
+				case 3: // A's, gathered with B's by B's Commit
+					close(inA)
+					<-gateA
+				}
+			}
+			return nil
+		},
+		Hash:    func(it item) uint64 { return uint64(it.key) },
+		Size:    func(item) int { return 1 },
+		Workers: 2, // and two lanes per table: keys 0 and 1
+		Chunk:   10,
+		Limit:   1 << 30,
+	})
+	q.mu.Lock()
+	q.gatherAlways = true
+	q.mu.Unlock()
+	ctx := context.Background()
+	wait := func(ch <-chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(time.Minute):
+			t.Fatalf("%s did not happen", what)
+		}
+	}
+	add := func(table, key, id int) *Batch[int, item] {
+		t.Helper()
+		b := q.Begin()
+		if err := b.Add(ctx, table, []item{{key: key, id: id}}); err != nil {
+			t.Fatalf("Add %d: %v", id, err)
+		}
+		return b
+	}
+	type result struct {
+		name string
+		err  error
+	}
+	results := make(chan result, 4)
+	commitAsync := func(b *Batch[int, item], name string) {
+		b.CommitAsync(func(err error) { results <- result{name, err} })
+	}
+	// Both workers busy on tables of their own.
+	commitAsync(add(8, 0, 1), "W1")
+	commitAsync(add(9, 0, 2), "W2")
+	wait(inW, "the first worker's apply")
+	wait(inW, "the second worker's apply")
+	// A's lane is ready first; B's Commit takes it and B's own along.
+	commitAsync(add(0, 1, 3), "A")
+	b := add(0, 0, 4)
+	committed := make(chan error, 1)
+	go func() { committed <- b.Commit(ctx) }()
+	wait(inA, "the gathered apply of A and B")
+	// C queues behind A on the busy lane.
+	commitAsync(add(0, 1, 5), "C")
+	closed := make(chan struct{})
+	go func() { q.Close(); close(closed) }()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		q.mu.Lock()
+		c := q.closed
+		q.mu.Unlock()
+		if c {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Close did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(gateW) // the workers finish and exit; Close drops what is idle
+	wait(closed, "Close")
+	close(gateA)
+	select {
+	case err := <-committed:
+		if err != nil {
+			t.Fatalf("Commit: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Commit did not return")
+	}
+	got := make(map[string]error)
+	for len(results) > 0 {
+		r := <-results
+		got[r.name] = r.err
+	}
+	for _, name := range []string{"W1", "W2", "A", "C"} {
+		err, ok := got[name]
+		switch {
+		case !ok:
+			t.Errorf("the CommitAsync callback of %s had not come when Commit returned", name)
+		case name == "C" && err != nil && !errors.Is(err, ErrClosed):
+			t.Errorf("%s: %v, want nil or ErrClosed", name, err)
+		case name != "C" && err != nil:
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if n := q.Bytes(); n != 0 {
+		t.Errorf("%d bytes left in the closed queue", n)
 	}
 }
