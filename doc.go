@@ -174,7 +174,12 @@
 // and backfill) mutations are applied by Config.FanShards concurrent
 // Target.Apply calls without transactions, in chunks; mutations of one
 // table and key are always applied in the order given, and
-// Config.BytesInFlight bounds the memory queued per loop.
+// Config.BytesInFlight bounds the memory queued per loop. A shard that is
+// about to apply only a few mutations takes along the few that are ready
+// for other keys and tables (a small source transaction leaves some on
+// several tables): those of its own table in the same Apply call, and
+// those of other tables too if the Target is a MultiApplier, in one
+// ApplyMulti call (pgstore: one transaction, one round trip).
 //
 // # Grouping
 //

@@ -32,6 +32,19 @@ type fanEvents struct {
 func newFanEvents(ctx context.Context, cfg *Config, _ *Loop) *fanEvents {
 	target := cfg.Target
 	sharder, _ := target.(Sharder)
+	var applyMany func(context.Context, []fan.Part[Table, Mutation]) error
+	if multi, ok := target.(MultiApplier); ok {
+		applyMany = func(ctx context.Context, parts []fan.Part[Table, Mutation]) error {
+			tms := make([]TableMutations, len(parts))
+			for i, p := range parts {
+				tms[i] = TableMutations{Table: p.Table, Mutations: p.Items}
+			}
+			if err := multi.ApplyMulti(ctx, tms); err != nil {
+				return errors.Wrapf(err, "logical: applying to %s and %d other tables", parts[0].Table, len(parts)-1)
+			}
+			return nil
+		}
+	}
 	return &fanEvents{sharder: sharder, oneShard: make(map[Table]bool), q: fan.New(ctx, fan.Config[Table, Mutation]{
 		Apply: func(ctx context.Context, table Table, muts []Mutation) error {
 			if err := target.Apply(ctx, table, muts); err != nil {
@@ -39,12 +52,13 @@ func newFanEvents(ctx context.Context, cfg *Config, _ *Loop) *fanEvents {
 			}
 			return nil
 		},
-		Hash:     keyHash,
-		Size:     Mutation.size,
-		Workers:  cfg.FanShards,
-		Chunk:    fanChunk,
-		MaxApply: fanMaxApply,
-		Limit:    int64(cfg.BytesInFlight),
+		ApplyMany: applyMany,
+		Hash:      keyHash,
+		Size:      Mutation.size,
+		Workers:   cfg.FanShards,
+		Chunk:     fanChunk,
+		MaxApply:  fanMaxApply,
+		Limit:     int64(cfg.BytesInFlight),
 	})}
 }
 

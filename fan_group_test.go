@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 type seqTarget struct {
 	MemoryTarget
 	jitter time.Duration
+	floor  time.Duration // every Apply pauses at least this long
 
 	mu       sync.Mutex
 	last     map[string]int
@@ -27,7 +29,7 @@ type seqTarget struct {
 
 func (t *seqTarget) Apply(ctx context.Context, table Table, muts []Mutation) error {
 	if t.jitter > 0 {
-		timer := time.NewTimer(rand.N(t.jitter))
+		timer := time.NewTimer(t.floor + rand.N(t.jitter))
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
@@ -57,16 +59,58 @@ func (t *seqTarget) applied(table Table, key string) int {
 	return t.last[table.String()+key]
 }
 
+// multiSeqTarget is a seqTarget that is a MultiApplier: fan mode then
+// applies the small lanes of several tables in one call.
+type multiSeqTarget struct {
+	*seqTarget
+	calls, tables atomic.Int64
+}
+
+func (t *multiSeqTarget) ApplyMulti(ctx context.Context, parts []TableMutations) error {
+	t.calls.Add(1)
+	t.tables.Add(int64(len(parts)))
+	seen := make(map[Table]bool)
+	for _, p := range parts {
+		if seen[p.Table] || len(p.Mutations) == 0 {
+			return fmt.Errorf("ApplyMulti: table %s twice, or without mutations", p.Table)
+		}
+		seen[p.Table] = true
+		if err := t.seqTarget.Apply(ctx, p.Table, p.Mutations); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // TestFanGroupsResultAfterApply drives fan groups the way pglogical does,
 // with groups committed without waiting and a slow, jittered target over
 // four shards: each batch's result must arrive only once its mutations are
 // applied (so a point moved over results in order never passes unapplied
 // data), and mutations of one key must be applied in order across groups.
+// With a MultiApplier target too, whose calls take the lanes of several
+// tables along.
 func TestFanGroupsResultAfterApply(t *testing.T) {
+	t.Run("apply", func(t *testing.T) {
+		testFanGroupsResultAfterApply(t, false)
+	})
+	t.Run("applyMulti", func(t *testing.T) {
+		testFanGroupsResultAfterApply(t, true)
+	})
+}
+
+func testFanGroupsResultAfterApply(t *testing.T, multi bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	target := &seqTarget{jitter: 300 * time.Microsecond, last: make(map[string]int)}
-	cfg := &Config{Target: target, FanShards: 4, GroupMax: 5}
+	var tgt Target = target
+	var mt *multiSeqTarget
+	if multi {
+		// Slow applies, as fan mode takes lanes along only then.
+		target.floor = 100 * time.Microsecond
+		mt = &multiSeqTarget{seqTarget: target}
+		tgt = mt
+	}
+	cfg := &Config{Target: tgt, FanShards: 4, GroupMax: 5}
 	require.NoError(t, cfg.Preflight())
 	fe := newFanEvents(ctx, cfg, nil)
 	defer fe.close()
@@ -121,6 +165,10 @@ func TestFanGroupsResultAfterApply(t *testing.T) {
 		check(f)
 	}
 	assert.True(t, sawPending, "CommitGroup returned before its group was applied at least once")
+	if mt != nil {
+		assert.Positive(t, mt.calls.Load(), "ApplyMulti was never called")
+		assert.GreaterOrEqual(t, mt.tables.Load(), 2*mt.calls.Load(), "ApplyMulti calls of fewer than 2 tables")
+	}
 	target.mu.Lock()
 	defer target.mu.Unlock()
 	assert.Empty(t, target.reversed, "a key's mutations were applied out of order")

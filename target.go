@@ -55,6 +55,30 @@ type ChainTx interface {
 	CommitChain(ctx context.Context) (next TargetTx, result <-chan error)
 }
 
+// A MultiApplier is a Target that can apply the mutations of several
+// tables in one call, outside of any transaction of the loop's (in one of
+// its own, say, so that it costs one round trip and one commit). Fan mode
+// (backfill, Config.Immediate) discovers it by type assertion: a shard
+// about to apply a few mutations then takes along the few that are ready
+// for other tables, so that a small source transaction that touches
+// several tables costs one call and not one Apply per table. Without it,
+// every table is its own Apply call.
+type MultiApplier interface {
+	// ApplyMulti writes the mutations of each part to its table, as
+	// Apply would one part after the other. Each table appears once;
+	// the parts are never empty. It is called concurrently, like Apply,
+	// for disjoint sets of keys; an error fails the batches of every
+	// part (some of the parts may have been applied).
+	ApplyMulti(ctx context.Context, parts []TableMutations) error
+}
+
+// TableMutations is the mutations of one table in a MultiApplier call,
+// owned by the target during the call only.
+type TableMutations struct {
+	Table     Table
+	Mutations []Mutation
+}
+
 // An Orderer is a Target that knows the foreign-key dependencies between its
 // tables. Config.ForeignKeys needs it; without it a Target is assumed to have
 // no foreign keys, and starting a loop with ForeignKeys on fails.

@@ -66,6 +66,18 @@ type Config[T comparable, M any] struct {
 	// panic in Apply fails the chunk's batch with an error holding the
 	// panic and its stack, as a returned error would.
 	Apply func(ctx context.Context, table T, items []M) error
+	// ApplyMany, if set, writes the items of several tables in one call,
+	// as Apply would one after the other (in one target transaction, say).
+	// While applies are slow (see slowApply), a goroutine about to apply
+	// a lane with fewer than Chunk items takes other ready lanes along, up
+	// to Chunk items in all,
+	// so that a few items on each of several tables (a small source
+	// transaction touches a few) cost one call and not one per table.
+	// Each table appears once in parts, and no other call at the same
+	// time has items of the same lanes. Without it, only lanes of one
+	// table are taken along, and go to Apply as one call. A panic is
+	// an error, as in Apply.
+	ApplyMany func(ctx context.Context, parts []Part[T, M]) error
 	// Hash returns the key hash of an item.
 	Hash func(M) uint64
 	// Size returns the bytes an item holds.
@@ -88,28 +100,41 @@ type Config[T comparable, M any] struct {
 	Limit int64
 }
 
+// Part is the items of one table in an ApplyMany call, in the order in
+// which they were added for each key.
+type Part[T comparable, M any] struct {
+	Table T
+	Items []M
+}
+
+// maxGather bounds the lanes applied in one call (see Config.ApplyMany).
+const maxGather = 64
+
 // Queue is a set of lanes and the workers that apply them.
 type Queue[T comparable, M any] struct {
 	cfg Config[T, M]
 	ctx context.Context
 
-	mu        sync.Mutex
-	work      sync.Cond // signals idle workers
-	tables    map[T][]*lane[T, M]
-	ready     []*lane[T, M] // lanes with queued chunks and no runner
-	bytes     int64         // bytes pending or queued, not yet applied
-	changed   chan struct{} // closed when a chunk completes; made lazily
-	idle      int           // workers waiting on work
-	closed    bool
-	async     int                          // batches committed with CommitAsync whose callback is due
-	took      [recentApplies]time.Duration // the last measured apply durations
-	tookNext  int                          // where the next one goes in took
-	lastSlow  bool                         // the last measured apply was slow
-	slow      bool                         // all of took are slow
-	applies   uint64                       // Apply calls so far, to sample their duration
-	free      [][]M                        // emptied chunk slices, for reuse
-	recent    [][]*lane[T, M]              // lanes of recently used tables, in recentBuf
-	recentBuf [8][]*lane[T, M]
+	mu       sync.Mutex
+	work     sync.Cond // signals idle workers
+	tables   map[T][]*lane[T, M]
+	ready    []*lane[T, M] // lanes with queued chunks and no runner
+	bytes    int64         // bytes pending or queued, not yet applied
+	changed  chan struct{} // closed when a chunk completes; made lazily
+	idle     int           // workers waiting on work
+	closed   bool
+	async    int                          // batches committed with CommitAsync whose callback is due
+	took     [recentApplies]time.Duration // the last measured apply durations
+	tookNext int                          // where the next one goes in took
+	lastSlow bool                         // the last measured apply was slow
+	slow     bool                         // all of took are slow
+	applies  uint64                       // Apply calls so far, to sample their duration
+	// gatherAlways makes gatherLocked take lanes along also while
+	// applies are fast; for tests.
+	gatherAlways bool
+	free         [][]M           // emptied chunk slices, for reuse
+	recent       [][]*lane[T, M] // lanes of recently used tables, in recentBuf
+	recentBuf    [8][]*lane[T, M]
 
 	wg sync.WaitGroup
 }
@@ -227,7 +252,7 @@ func (q *Queue[T, M]) worker() {
 	defer q.mu.Unlock()
 	for !q.closed {
 		if ln := q.popReadyLocked(); ln != nil {
-			q.runLocked(q.ctx, ln)
+			q.runSomeLocked(q.ctx, ln)
 			continue
 		}
 		q.idle++
@@ -563,7 +588,7 @@ func (q *Queue[T, M]) progressLocked(ctx context.Context) error {
 			stop := context.AfterFunc(ctx, cancel)
 			defer func() { stop(); cancel() }()
 		}
-		q.runLocked(applyCtx, ln)
+		q.runSomeLocked(applyCtx, ln)
 		return ctx.Err()
 	}
 	if q.changed == nil {
@@ -676,6 +701,189 @@ func (q *Queue[T, M]) notifyLocked() {
 	}
 }
 
+// runSomeLocked applies ln, which the caller took off the ready list:
+// alone until its queue is empty (runLocked), or in one call with the
+// lanes gatherLocked takes along. Those of them with more chunks queued by
+// then go back on the ready list. The caller holds q.mu.
+func (q *Queue[T, M]) runSomeLocked(ctx context.Context, ln *lane[T, M]) {
+	runs := q.gatherLocked(ln)
+	if runs == nil {
+		q.runLocked(ctx, ln)
+		return
+	}
+	var parts []Part[T, M]
+	for _, r := range runs {
+		r.ln.busy = true
+		k := 0
+		for k < len(parts) && parts[k].Table != r.ln.table {
+			k++
+		}
+		if k == len(parts) {
+			parts = append(parts, Part[T, M]{Table: r.ln.table})
+		}
+		for _, c := range r.ln.queue[:r.end] {
+			parts[k].Items = append(parts[k].Items, c.items...)
+		}
+	}
+	var err error
+	if ctx.Err() != nil {
+		err = errors.WithStack(ctx.Err())
+	} else {
+		err = q.applyPartsLocked(ctx, parts)
+	}
+	for k := range parts {
+		clear(parts[k].Items)
+	}
+	var finished []func() // CommitAsync callbacks due
+	requeued := 0
+	for _, r := range runs {
+		// Add only appends to a busy lane's queue: its first chunks are
+		// still those applied.
+		finished = q.settleLocked(r.ln, r.end, err, finished)
+		r.ln.busy = false
+		if len(r.ln.queue) > 0 {
+			r.ln.inReady = true
+			q.ready = append(q.ready, r.ln)
+			requeued++
+		}
+	}
+	// The caller may be done with its batch and not come back for them.
+	q.wakeLocked(requeued)
+	if q.closed && requeued > 0 {
+		// Close skipped these lanes while they were busy, and no worker
+		// is left to run them: end what CommitAsync left on them now, as
+		// Close did for the others (runLocked would have run them dry).
+		finished = append(finished, q.dropAsyncLocked()...)
+	}
+	q.notifyLocked()
+	if len(finished) > 0 {
+		q.mu.Unlock()
+		for _, f := range finished {
+			f()
+		}
+		q.mu.Lock()
+	}
+}
+
+// laneRun is the first chunks of a lane, applied with other lanes' (see
+// gatherLocked): the chunks [0, end) of ln.queue.
+type laneRun[T comparable, M any] struct {
+	ln  *lane[T, M]
+	end int
+}
+
+// applyPartsLocked applies parts in one call: Apply for one table, else
+// ApplyMany. It releases q.mu around the call. The caller holds q.mu.
+func (q *Queue[T, M]) applyPartsLocked(ctx context.Context, parts []Part[T, M]) error {
+	q.applies++
+	timed := q.slow || q.lastSlow || q.applies%sampleEvery == 0
+	q.mu.Unlock()
+	var start time.Time
+	if timed {
+		start = time.Now()
+	}
+	var err error
+	if len(parts) == 1 {
+		err = q.apply(ctx, parts[0].Table, parts[0].Items)
+	} else {
+		err = q.applyMany(ctx, parts)
+	}
+	var took time.Duration
+	if timed {
+		took = time.Since(start)
+	}
+	q.mu.Lock()
+	if timed {
+		q.recordLocked(took)
+	}
+	return err
+}
+
+// settleLocked ends the chunks [0, end) of ln's queue, applied with the
+// result err or skipped, drops them from the queue, and appends the
+// CommitAsync callbacks that are due to finished. The caller holds q.mu.
+func (q *Queue[T, M]) settleLocked(ln *lane[T, M], end int, err error, finished []func()) []func() {
+	for k := range ln.queue[:end] {
+		finished = q.settleChunkLocked(ln.queue[k], err, finished)
+	}
+	n := copy(ln.queue, ln.queue[end:])
+	clear(ln.queue[n:])
+	ln.queue = ln.queue[:n]
+	return finished
+}
+
+// settleChunkLocked ends chunk c, applied with the result err or
+// skipped, and appends its batch's CommitAsync callback to finished if c
+// was the batch's last chunk. The caller holds q.mu.
+func (q *Queue[T, M]) settleChunkLocked(c chunk[T, M], err error, finished []func()) []func() {
+	b := c.batch
+	if err != nil && b.err == nil && !b.dropped {
+		b.err = err
+	}
+	b.outstanding--
+	q.bytes -= int64(c.bytes)
+	q.putSliceLocked(c.items)
+	if b.outstanding == 0 && b.done != nil {
+		finished = append(finished, b.finishLocked())
+	}
+	return finished
+}
+
+// runItems returns how many chunks at the front of ln's queue, and items,
+// fit in limit items: consecutive chunks of live batches (not rolled back,
+// not failed); none if the first does not fit.
+func (q *Queue[T, M]) runItems(ln *lane[T, M], limit int) (chunks, items int) {
+	for chunks < len(ln.queue) {
+		c := &ln.queue[chunks]
+		if c.batch.dropped || c.batch.err != nil || items+len(c.items) > limit {
+			break
+		}
+		items += len(c.items)
+		chunks++
+	}
+	return chunks, items
+}
+
+// gatherLocked returns the runs of ln and of the ready lanes to apply in
+// the same call, taking those lanes off the ready list: lanes of ln's
+// table, or of any table with Config.ApplyMany, whose first chunks fit in
+// what ln's leave of Chunk items. Lanes with a chunk's worth of items or
+// more go alone, so that a backlog's lanes are still applied in parallel;
+// and so do all while applies are fast (see slowApply), since copying the
+// items into one call then costs more than the calls it saves.
+// It returns nil if ln goes alone (also if its first chunk is of a batch
+// that ended, or no other lane fits). The caller holds q.mu.
+func (q *Queue[T, M]) gatherLocked(ln *lane[T, M]) []laneRun[T, M] {
+	if len(q.ready) == 0 || len(ln.queue) == 0 || !(q.slow || q.gatherAlways) {
+		return nil
+	}
+	limit := min(q.cfg.Chunk, q.cfg.MaxApply)
+	end, n := q.runItems(ln, limit)
+	if end == 0 || n >= limit {
+		return nil
+	}
+	budget := limit - n
+	var runs []laneRun[T, M]
+	kept := q.ready[:0]
+	for _, m := range q.ready {
+		if budget > 0 && len(runs) < maxGather && (q.cfg.ApplyMany != nil || m.table == ln.table) {
+			if e, k := q.runItems(m, budget); e > 0 {
+				if runs == nil {
+					runs = append(make([]laneRun[T, M], 0, 4), laneRun[T, M]{ln: ln, end: end})
+				}
+				runs = append(runs, laneRun[T, M]{ln: m, end: e})
+				budget -= k
+				m.inReady = false
+				continue
+			}
+		}
+		kept = append(kept, m)
+	}
+	clear(q.ready[len(kept):])
+	q.ready = kept
+	return runs
+}
+
 // runLocked applies the chunks of ln in order until its queue is empty,
 // under ctx. Consecutive chunks go in one Apply call of up to
 // Config.MaxApply items. It releases q.mu around each apply. The caller
@@ -752,16 +960,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 		for k := range run {
 			c := run[k]
 			run[k] = chunk[T, M]{}
-			b := c.batch
-			if err != nil && b.err == nil && !b.dropped {
-				b.err = err
-			}
-			b.outstanding--
-			q.bytes -= int64(c.bytes)
-			q.putSliceLocked(c.items)
-			if b.outstanding == 0 && b.done != nil {
-				finished = append(finished, b.finishLocked())
-			}
+			finished = q.settleChunkLocked(c, err, finished)
 		}
 		q.notifyLocked()
 		i = j
@@ -780,6 +979,16 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 	ln.queue = ln.queue[:0]
 	ln.busy = false
 	q.notifyLocked() // an idle lane is what orderLocked waits for
+}
+
+// applyMany is apply for Config.ApplyMany.
+func (q *Queue[T, M]) applyMany(ctx context.Context, parts []Part[T, M]) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = errors.Errorf("panic in ApplyMany: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return q.cfg.ApplyMany(ctx, parts)
 }
 
 // apply calls Config.Apply, turning a panic into an error that carries the

@@ -3,17 +3,21 @@ package fan
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 )
 
 // fuzzItem is what the fuzzed queue carries: a key, a unique id in the
-// order of Add calls, and whether applying it fails.
+// order of Add calls, whether applying it fails, and whether its apply
+// closes the queue (the first such one does, and waits until Close began).
 type fuzzItem struct {
-	key  uint8
-	id   int
-	fail bool
+	key   uint8
+	id    int
+	fail  bool
+	close bool
 }
 
 var errApply = errors.New("apply failed")
@@ -62,39 +66,111 @@ type flushCheck struct {
 //     every batch committed with CommitAsync before it that succeeds is
 //     applied whole (whatever the keys);
 //   - table 2 is ordered from its first AddOrdered on: its items from
-//     then on are applied in the order added, after every earlier one.
+//     then on are applied in the order added, after every earlier one;
+//   - an item may close the queue while it is applied (as Process ending
+//     closes it with applies under way): batches still used go on, their
+//     own goroutine applying them, and every CommitAsync callback still
+//     comes, ErrClosed allowed from then on.
 func FuzzQueue(f *testing.F) {
 	f.Add([]byte{0, 1, 0, 2, 0, 3, 2, 0, 3, 0}, uint8(2), uint8(2), uint16(4))
 	f.Add([]byte{0, 5, 8, 5, 0, 6, 4, 0, 3, 0, 3, 8}, uint8(1), uint8(1), uint16(1))
 	f.Add([]byte{0, 0xff, 0, 1, 0, 2, 3, 0, 5, 9, 0, 1, 2, 0}, uint8(3), uint8(3), uint16(64))
 	f.Add([]byte{5, 0, 0, 4, 8, 4, 16, 4, 0, 4, 4, 0, 12, 0, 20, 0}, uint8(4), uint8(1), uint16(2))
+	// ApplyMany (the high bit of workers): small batches over the three
+	// tables, committed asynchronously, with merged applies.
+	f.Add([]byte{0, 0, 0, 1, 0, 2, 5, 1, 0, 4, 0, 5, 0, 6, 5, 1, 0, 0, 0, 1, 0, 2, 2, 0}, uint8(0x80), uint8(3), uint16(0x00ff))
+	f.Add([]byte{0, 4, 0xe0, 5, 0, 0xff, 5, 1, 0, 8, 0xe0, 9, 0, 10, 5, 1, 2, 0}, uint8(0x82), uint8(3), uint16(0x70))
+	// Lanes of one table taken along (the high bit of chunk).
+	f.Add([]byte{0, 4, 0, 5, 0, 6, 5, 1, 0, 8, 0, 9, 0, 12, 5, 1, 3, 0}, uint8(1), uint8(0x83), uint16(0x00ff))
+	// Closed during an apply that a Commit gathered with a lane of a batch
+	// committed with CommitAsync, behind which another one queued.
+	f.Add([]byte{0, 4, 13, 1, 8, 0xfe, 3, 0, 0, 4, 5, 1, 0, 8}, uint8(1), uint8(0x83), uint16(0x00ff))
 	f.Fuzz(func(t *testing.T, ops []byte, workers, chunk uint8, limit uint16) {
 		if len(ops) > 400 {
 			ops = ops[:400]
 		}
 		var mu sync.Mutex
 		var log []applied
-		q := New(context.Background(), Config[uint8, fuzzItem]{
+		var bad string // a malformed ApplyMany call
+		var q *Queue[uint8, fuzzItem]
+		var closeOnce sync.Once
+		closing := false                 // an item started Close; under mu
+		closeDone := make(chan struct{}) // closed once that Close returned
+		logLocked := func(table uint8, items []fuzzItem) error {
+			var err error
+			for _, it := range items {
+				log = append(log, applied{table, it})
+				if it.fail {
+					err = errApply
+				}
+				if it.close {
+					closeOnce.Do(func() {
+						closing = true
+						go func() { q.Close(); close(closeDone) }()
+						// Until Close began (it takes q.mu, which
+						// no apply holds).
+						for deadline := time.Now().Add(20 * time.Second); ; {
+							q.mu.Lock()
+							c := q.closed
+							q.mu.Unlock()
+							if c {
+								break
+							}
+							if time.Now().After(deadline) {
+								bad = "Close did not begin"
+								break
+							}
+							runtime.Gosched()
+						}
+					})
+				}
+			}
+			return err
+		}
+		var applyMany func(context.Context, []Part[uint8, fuzzItem]) error
+		if workers&0x80 != 0 {
+			// Lanes of several tables applied together, as one unit.
+			applyMany = func(_ context.Context, parts []Part[uint8, fuzzItem]) error {
+				mu.Lock()
+				defer mu.Unlock()
+				seen := make(map[uint8]bool)
+				var err error
+				for _, p := range parts {
+					if seen[p.Table] || len(p.Items) == 0 {
+						bad = fmt.Sprintf("ApplyMany: table %d twice or empty in %v", p.Table, parts)
+					}
+					seen[p.Table] = true
+					if e := logLocked(p.Table, p.Items); e != nil {
+						err = e
+					}
+				}
+				if len(parts) < 2 {
+					bad = "ApplyMany with fewer than 2 tables"
+				}
+				return err
+			}
+		}
+		q = New(context.Background(), Config[uint8, fuzzItem]{
 			Apply: func(_ context.Context, table uint8, items []fuzzItem) error {
 				mu.Lock()
 				defer mu.Unlock()
-				var err error
-				for _, it := range items {
-					log = append(log, applied{table, it})
-					if it.fail {
-						err = errApply
-					}
-				}
-				return err
+				return logLocked(table, items)
 			},
-			Hash:     func(it fuzzItem) uint64 { return uint64(it.key) * 0x9e3779b97f4a7c15 },
-			Size:     func(fuzzItem) int { return 1 },
-			Workers:  int(workers%4) + 1,
-			Chunk:    int(chunk%4) + 1,
-			MaxApply: int(limit>>4) % 9, // 0: Chunk
-			Limit:    int64(limit%16) + 1,
+			ApplyMany: applyMany,
+			Hash:      func(it fuzzItem) uint64 { return uint64(it.key) * 0x9e3779b97f4a7c15 },
+			Size:      func(fuzzItem) int { return 1 },
+			Workers:   int(workers%4) + 1,
+			Chunk:     int(chunk%4) + 1,
+			MaxApply:  int(limit>>4) % 9, // 0: Chunk
+			Limit:     int64(limit%16) + 1,
 		})
 		defer q.Close()
+		if applyMany != nil || chunk&0x80 != 0 {
+			// Lanes taken along as with a slow target.
+			q.mu.Lock()
+			q.gatherAlways = true
+			q.mu.Unlock()
+		}
 
 		appliedIDs := func() map[int]bool {
 			mu.Lock()
@@ -182,7 +258,8 @@ func FuzzQueue(f *testing.F) {
 				n := int(code>>5)%4 + 1
 				items := make([]fuzzItem, n)
 				for j := range items {
-					items[j] = fuzzItem{key: (arg>>2 + uint8(j)) % 8, id: nextID, fail: arg == 0xff && j == 0}
+					items[j] = fuzzItem{key: (arg>>2 + uint8(j)) % 8, id: nextID, fail: arg == 0xff && j == 0,
+						close: arg == 0xfe && j == 0}
 					nextID++
 				}
 				var err error
@@ -258,10 +335,15 @@ func FuzzQueue(f *testing.F) {
 		for i, fb := range asyncs {
 			select {
 			case err := <-fb.result:
+				mu.Lock()
+				closed := closing
+				mu.Unlock()
 				switch {
 				case err == nil:
 					mustAll(fb, "CommitAsync")
 					fb.ok = true
+				case closed && errors.Is(err, ErrClosed):
+					// dropped: only a prefix per key is applied
 				default:
 					checkErr(fb, "CommitAsync", err)
 				}
@@ -281,6 +363,16 @@ func FuzzQueue(f *testing.F) {
 				}
 			}
 		}
+		mu.Lock()
+		closed := closing
+		mu.Unlock()
+		if closed {
+			select {
+			case <-closeDone:
+			case <-time.After(20 * time.Second):
+				t.Fatal("Close did not return")
+			}
+		}
 		if b := q.Bytes(); b != 0 {
 			t.Fatalf("%d bytes left in the queue after every batch ended", b)
 		}
@@ -288,6 +380,10 @@ func FuzzQueue(f *testing.F) {
 		// Per table and key: increasing ids, so in Add order and each
 		// item at most once.
 		mu.Lock()
+		if bad != "" {
+			mu.Unlock()
+			t.Fatal(bad)
+		}
 		last := make(map[[2]uint8]int)
 		for _, a := range log {
 			k := [2]uint8{a.table, a.item.key}

@@ -420,15 +420,18 @@ func withOldValues(new, old *pglogrepl.TupleData) *pglogrepl.TupleData {
 // addAlone queues a mutation that touches two keys (a key move) so that
 // in fan mode it is applied after everything before it and before
 // everything after it: the mutations of either key may be in other
-// shards.
+// shards. The batch is opened for the Flush before even when the move is
+// its transaction's first change: the group it joins may hold, or still
+// be applying, earlier transactions' changes of the old key.
 func (p *processor) addAlone(ctx context.Context, rel *relation, mut logical.Mutation) error {
 	if err := p.flush(ctx); err != nil {
 		return err
 	}
-	if p.batch != nil {
-		if err := p.batch.Flush(ctx); err != nil {
-			return err
-		}
+	if err := p.openBatch(ctx); err != nil {
+		return err
+	}
+	if err := p.batch.Flush(ctx); err != nil {
+		return err
 	}
 	if err := p.add(ctx, rel, mut); err != nil {
 		return err

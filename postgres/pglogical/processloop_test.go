@@ -31,7 +31,7 @@ type fakeEvents struct {
 	point    uint64
 	changed  chan struct{}
 	stopping chan struct{}
-	log      []string      // "begin", "data t n", "commit", "rollback", "group n", "point X/X"
+	log      []string      // "begin", "data t n", "flush", "commit", "rollback", "group n", "point X/X"
 	committs chan string   // each target commit, as logged
 	waiting  []chan error  // grouped batches' results
 	open     *fakeBatch    // the grouped batch not yet ended
@@ -144,7 +144,12 @@ type fakeBatch struct {
 	ended   bool
 }
 
-func (b *fakeBatch) Flush(context.Context) error { return nil }
+func (b *fakeBatch) Flush(context.Context) error {
+	b.e.mu.Lock()
+	defer b.e.mu.Unlock()
+	b.e.logf("flush")
+	return nil
+}
 
 func (b *fakeBatch) OnData(_ context.Context, _ string, table logical.Table, muts []logical.Mutation) error {
 	b.e.mu.Lock()
@@ -225,6 +230,21 @@ func insertMsg(id int) walMessage {
 func commitMsg(end uint64) walMessage {
 	return walMessage{msg: &pglogrepl.CommitMessage{CommitLSN: pglogrepl.LSN(end - 8), TransactionEndLSN: pglogrepl.LSN(end),
 		CommitTime: time.Unix(1, 0)}}
+}
+
+// keyMoveMsg is an update that moves row from to key to, leaving its v
+// an unchanged TOAST value (not sent): a key move that must be applied
+// alone (see addAlone).
+func keyMoveMsg(from, to int) walMessage {
+	return walMessage{msg: &pglogrepl.UpdateMessage{RelationID: 1, OldTupleType: pglogrepl.UpdateMessageTupleTypeKey,
+		OldTuple: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+			{DataType: pglogrepl.TupleDataTypeText, Data: []byte(fmt.Sprint(from))},
+			{DataType: pglogrepl.TupleDataTypeNull},
+		}},
+		NewTuple: &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+			{DataType: pglogrepl.TupleDataTypeText, Data: []byte(fmt.Sprint(to))},
+			{DataType: pglogrepl.TupleDataTypeToast},
+		}}}}
 }
 
 // txn is a source transaction of one insert ending at end.
@@ -317,6 +337,28 @@ func TestProcessScripted(t *testing.T) {
 				txn(0x100, 1), txn(0x200, 2)),
 			want: []string{"begin grouped", "data dst.t 1", "begin grouped", "rollback",
 				"begin grouped", "data dst.t 1", "begin grouped", "data dst.t 1", "group 2", "point 0/200"},
+		},
+		{
+			// The regression test for a key move applied before the
+			// insert of its old key in fan mode: the move was the first
+			// change of its transaction, which had no batch yet, so the
+			// Flush before it was skipped, while its group held the
+			// insert of an earlier transaction (or that group was still
+			// being applied). The fan queue applies different keys in
+			// any order between Flush calls.
+			name:     "a key move that opens its transaction is flushed before and after",
+			grouping: true,
+			msgs: concat([]logical.Message{testRel}, txn(0x100, 1),
+				[]logical.Message{beginMsg(0x1f8), keyMoveMsg(1, 101), commitMsg(0x200)}),
+			want: []string{"begin grouped", "data dst.t 1", "begin grouped", "flush", "data dst.t 1", "flush",
+				"group 2", "point 0/200"},
+		},
+		{
+			name: "a key move flushes before and after without grouping too",
+			msgs: concat([]logical.Message{testRel}, txn(0x100, 1),
+				[]logical.Message{beginMsg(0x1f8), insertMsg(2), keyMoveMsg(1, 101), commitMsg(0x200)}),
+			want: []string{"begin", "data dst.t 1", "commit", "point 0/100",
+				"begin", "data dst.t 1", "flush", "data dst.t 1", "flush", "commit", "point 0/200"},
 		},
 		{
 			name:     "a rollback between transactions commits the group",

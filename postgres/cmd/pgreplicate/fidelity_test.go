@@ -87,6 +87,74 @@ func TestKeyMoveKeepsToast(t *testing.T) {
 	}
 }
 
+// TestKeyMoveWaitsForEarlierInsert moves a row's key, leaving its TOASTed
+// value unchanged (not sent), in the source transaction after the one
+// that inserted it, while the target is still applying that insert: a
+// trigger holds the insert of the old key until the test lets it go.
+// The move, a transaction's first change, must still wait for the insert
+// (in fan mode the two keys are applied by different shards): it was
+// applied at once, found no row to move, and left the moved row without
+// its TOASTed value, with the old row kept.
+func TestKeyMoveWaitsForEarlierInsert(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			r := newReplication(t, `CREATE TABLE moves (id int PRIMARY KEY, big text, small text)`)
+			r.dst.Exec(t,
+				`CREATE FUNCTION hold_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+				BEGIN
+					IF NEW.id = 1 THEN
+						PERFORM pg_advisory_lock_shared(4242);
+						PERFORM pg_advisory_unlock_shared(4242);
+					END IF;
+					RETURN NEW;
+				END $$`,
+				`CREATE TRIGGER hold BEFORE INSERT ON moves FOR EACH ROW EXECUTE FUNCTION hold_insert()`,
+				`ALTER TABLE moves ENABLE ALWAYS TRIGGER hold`)
+			ctx := context.Background()
+			lock, err := r.dst.Pool.Acquire(ctx)
+			require.NoError(t, err)
+			defer lock.Release()
+			_, err = lock.Exec(ctx, `SELECT pg_advisory_lock(4242)`)
+			require.NoError(t, err)
+			locked := true
+			unlock := func() {
+				if locked {
+					_, err := lock.Exec(ctx, `SELECT pg_advisory_unlock(4242)`)
+					require.NoError(t, err)
+					locked = false
+				}
+			}
+			defer unlock()
+			stop := started(t, r, mode.flags...)
+			r.src.Exec(t, `INSERT INTO moves SELECT g, `+bigText+`, 's' FROM generate_series(1, 3) g`)
+			pgtest.Eventually(t, time.Minute, "the insert of row 1 to wait for the test", func() bool {
+				return query(t, r.dst, `SELECT count(*)::text FROM pg_locks
+					WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted
+					AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`) != "0"
+			})
+			r.src.Exec(t, `UPDATE moves SET id = id + 100 WHERE id = 1`)
+			end := query(t, r.src, `SELECT pg_current_wal_lsn()::text`)
+			pgtest.Eventually(t, time.Minute, "the move to be sent", func() bool {
+				return query(t, r.src, `SELECT count(*)::text FROM pg_stat_replication
+					WHERE sent_lsn >= $1::pg_lsn`, end) != "0"
+			})
+			// Give the move the time to overtake the insert, if it can:
+			// it must not show up while the insert waits.
+			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+				require.Equal(t, "0", query(t, r.dst, `SELECT count(*)::text FROM moves WHERE id = 101`),
+					"the key move was applied before the insert of its old key")
+				time.Sleep(50 * time.Millisecond)
+			}
+			unlock()
+			got := waitEqual(t, r, time.Minute, sums("moves"))
+			assert.Contains(t, got, "moves 3 ")
+			assert.Equal(t, "0", query(t, r.dst, `SELECT count(*)::text FROM moves WHERE big IS NULL`))
+			require.Equal(t, 0, stop())
+		})
+	}
+}
+
 // TestKeyless replicates tables without a primary key: one with REPLICA
 // IDENTITY FULL (duplicate rows, rows found by all their old values) and
 // one with REPLICA IDENTITY USING INDEX (the index's columns are the key).
