@@ -371,6 +371,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	stopWatch := context.AfterFunc(stopCtx, func() { _ = netConn.SetReadDeadline(time.Now()) })
 	defer stopWatch()
 	var recvDeadline time.Time
+	var rows rowDecoder
 	for {
 		now := time.Now()
 		ping := false
@@ -448,7 +449,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 				if err != nil {
 					return errors.Wrap(err, "pglogical: decoding XLogData")
 				}
-				if out, err = decode(xld.WALData); err != nil {
+				if out, err = decode(&rows, xld.WALData); err != nil {
 					return err
 				}
 			default:
@@ -531,16 +532,22 @@ func (d *Dialect) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	return conn, nil
 }
 
-// decode parses one pgoutput message. A malformed message makes the
-// parser panic; that becomes an error.
-func decode(data []byte) (m logical.Message, err error) {
+// decode parses one pgoutput message: a row change with rd (see
+// rowDecoder), anything else with pglogrepl. A malformed message makes
+// pglogrepl's parser panic; that becomes an error.
+func decode(rd *rowDecoder, data []byte) (m logical.Message, err error) {
 	if len(data) == 0 {
 		return nil, errors.New("pglogical: empty pgoutput message")
 	}
 	switch pglogrepl.MessageType(data[0]) {
+	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:
+		msg, err := rd.decode(data)
+		if err != nil {
+			return nil, err
+		}
+		return walMessage{msg: msg}, nil
 	case pglogrepl.MessageTypeBegin, pglogrepl.MessageTypeCommit, pglogrepl.MessageTypeOrigin,
-		pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeType, pglogrepl.MessageTypeInsert,
-		pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate,
+		pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeType, pglogrepl.MessageTypeTruncate,
 		pglogrepl.MessageTypeMessage:
 	default:
 		return unknownMessage{typ: data[0]}, nil

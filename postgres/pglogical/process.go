@@ -879,7 +879,7 @@ func (p *processor) record(ctx context.Context, batch logical.Batch, end uint64,
 		p.progressData = append(append([]byte(`{"key":`), slot...), `,"lsn":"`...)
 	}
 	data := make([]byte, 0, len(p.progressData)+len(`FFFFFFFF/FFFFFFFF"}`))
-	data = append(append(append(data, p.progressData...), FormatLSN(end)...), `"}`...)
+	data = append(appendLSN(append(data, p.progressData...), end), `"}`...)
 	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: p.progressKey, Data: data, Time: at}}); err != nil {
 		return err
 	}
