@@ -63,6 +63,9 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// armed is when the timer fires, zero once it fired: it is reset only
+	// when that changes, not after every message.
+	armed := time.Now()
 	for {
 		// The result of the oldest transaction in flight: a group that
 		// commits in the background sends it while Process reads on.
@@ -87,6 +90,7 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+			armed = time.Time{}
 		}
 		// Nothing more to read: commit what is grouped, unless a group
 		// committed before is still being applied (serial mode over a
@@ -109,8 +113,9 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		}
 		// Wake up when a throttled point becomes due, unless only a
 		// message can make it possible.
-		if due, ok := p.pointDue(); ok {
-			timer.Reset(due)
+		if at, ok := p.pointDue(); ok && !at.Equal(armed) {
+			timer.Reset(max(time.Until(at), 0))
+			armed = at
 		}
 	}
 }
@@ -118,11 +123,11 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 // pointDue says when the loop should wake up to set a throttled point,
 // and false if there is nothing to set or setting it waits for a message
 // (the commit of the open transaction, which records its own end).
-func (p *processor) pointDue() (time.Duration, bool) {
+func (p *processor) pointDue() (time.Time, bool) {
 	if p.committed <= p.persisted || p.waitsForCommit() {
-		return 0, false
+		return time.Time{}, false
 	}
-	return max(time.Until(p.lastSet.Add(p.d.cfg.PointEvery)), 0), true
+	return p.lastSet.Add(p.d.cfg.PointEvery), true
 }
 
 // waitsForCommit reports whether the committed position can only become
@@ -618,6 +623,9 @@ func (p *processor) add(ctx context.Context, rel *relation, muts ...logical.Muta
 		return err
 	}
 	p.pendingRel = rel
+	if len(p.pending) == 0 && cap(p.pending) < len(muts) {
+		p.pending = make([]logical.Mutation, 0, max(pendingChunk, len(muts)))
+	}
 	for _, m := range muts {
 		p.pending = append(p.pending, m)
 		p.pendingBytes += len(m.Data) + len(m.Key) + len(m.Before)
@@ -628,14 +636,23 @@ func (p *processor) add(ctx context.Context, rel *relation, muts ...logical.Muta
 	return nil
 }
 
+// pendingChunk is how many mutations the array that queues them holds:
+// the queue of each flush is a part of it, so that a flush of one row
+// (the tables of a transaction alternate) allocates nothing.
+const pendingChunk = 256
+
 // flush hands the queued mutations to the batch, which owns them after.
+// They are handed over with the capacity of their length, so that an
+// append by the batch copies them rather than write into the part of the
+// array that queues the next ones.
 func (p *processor) flush(ctx context.Context) error {
-	if len(p.pending) == 0 {
+	n := len(p.pending)
+	if n == 0 {
 		p.pendingRel = nil
 		return nil
 	}
-	rel, muts := p.pendingRel, p.pending
-	p.pending, p.pendingBytes, p.pendingRel = nil, 0, nil
+	rel, muts := p.pendingRel, p.pending[:n:n]
+	p.pending, p.pendingBytes, p.pendingRel = p.pending[n:], 0, nil
 	return p.batch.OnData(ctx, rel.source, p.target(rel), muts)
 }
 

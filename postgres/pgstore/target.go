@@ -821,9 +821,16 @@ func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
 // nil.
 func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
 	var unknown []byte
+	next := 0 // the column after the last one found
 	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
-		if i, found := info.byName[string(key)]; found {
+		// A source usually sends the columns in the table's order: try
+		// the next column before the map.
+		if next < len(info.cols) && info.cols[next].name == string(key) {
+			r[next] = v
+			next++
+		} else if i, found := info.byName[string(key)]; found {
 			r[i] = v
+			next = i + 1
 		} else if unknown == nil {
 			unknown = key
 		}
@@ -1250,36 +1257,42 @@ func textArray(rows []row, col int) (string, error) {
 	size := 2
 	for _, r := range rows {
 		size += len(r[col]) + 1
+		if len(r[col]) == 0 {
+			size += len("NULL")
+		}
 	}
-	buf := make([]byte, 0, size)
-	buf = append(buf, '{')
+	// A Builder grown once hands over its buffer as the string without
+	// a copy.
+	var buf strings.Builder
+	buf.Grow(size)
+	buf.WriteByte('{')
 	for n, r := range rows {
 		if n > 0 {
-			buf = append(buf, ',')
+			buf.WriteByte(',')
 		}
 		v := r[col]
 		switch {
 		case len(v) == 0 || v[0] != '"':
-			buf = append(buf, "NULL"...)
+			buf.WriteString("NULL")
 		case bytes.IndexByte(v, '\\') < 0:
-			buf = append(buf, v...)
+			buf.Write(v)
 		default:
 			var s string
 			if err := json.Unmarshal(v, &s); err != nil {
 				return "", errors.New("a value is not a JSON string")
 			}
-			buf = append(buf, '"')
+			buf.WriteByte('"')
 			for i := 0; i < len(s); i++ {
 				if s[i] == '"' || s[i] == '\\' {
-					buf = append(buf, '\\')
+					buf.WriteByte('\\')
 				}
-				buf = append(buf, s[i])
+				buf.WriteByte(s[i])
 			}
-			buf = append(buf, '"')
+			buf.WriteByte('"')
 		}
 	}
-	buf = append(buf, '}')
-	return string(buf), nil
+	buf.WriteByte('}')
+	return buf.String(), nil
 }
 
 // deleteKeys deletes the rows with the given primary keys in one

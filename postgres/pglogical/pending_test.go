@@ -1,0 +1,62 @@
+package pglogical
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/logical-go/logical"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// keepingEvents hands out batches that keep what OnData gives them and
+// append to it, as a batch that owns the mutations may.
+type keepingEvents struct {
+	*fakeEvents
+	kept [][]logical.Mutation
+}
+
+func (e *keepingEvents) OnBegin(context.Context) (logical.Batch, error) {
+	return &keepingBatch{fakeBatch: &fakeBatch{e: e.fakeEvents}, e: e}, nil
+}
+
+type keepingBatch struct {
+	*fakeBatch
+	e *keepingEvents
+}
+
+func (b *keepingBatch) OnData(_ context.Context, _ string, _ logical.Table, muts []logical.Mutation) error {
+	b.e.kept = append(b.e.kept, append(muts, logical.Mutation{Data: []byte(`"appended"`)}))
+	return nil
+}
+
+// TestFlushHandsOverItsOwnMutations checks that the mutations of each
+// flush stay as they were handed over while Process queues the next ones
+// in the same array, even when the batch appends to them.
+func TestFlushHandsOverItsOwnMutations(t *testing.T) {
+	ctx := context.Background()
+	events := &keepingEvents{fakeEvents: newFakeEvents(false, 0)}
+	p := &processor{d: testDialect(t, Config{}), events: events, rels: map[uint32]*relation{}, sources: map[logical.Table]string{}}
+	for id, name := range []string{"a", "b"} {
+		require.NoError(t, p.handleWAL(ctx, &pglogrepl.RelationMessage{RelationID: uint32(id), Namespace: "public", RelationName: name,
+			ReplicaIdentity: 'd', Columns: []*pglogrepl.RelationMessageColumn{{Flags: 1, Name: "id"}}}))
+	}
+	require.NoError(t, p.handleWAL(ctx, &pglogrepl.BeginMessage{FinalLSN: 100}))
+	// The tables alternate: every row is a flush of its own, and more
+	// rows than one array holds.
+	rows := 3*pendingChunk + 5
+	for i := range rows {
+		tuple := &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+			{DataType: pglogrepl.TupleDataTypeText, Data: fmt.Appendf(nil, "%d", i)}}}
+		require.NoError(t, p.handleWAL(ctx, &pglogrepl.InsertMessage{RelationID: uint32(i % 2), Tuple: tuple}))
+	}
+	require.NoError(t, p.flush(ctx))
+	require.Len(t, events.kept, rows)
+	for i, muts := range events.kept {
+		require.Len(t, muts, 2)
+		assert.JSONEq(t, fmt.Sprintf(`{"id":"%d"}`, i), string(muts[0].Data), "flush %d", i)
+		assert.Equal(t, `"appended"`, string(muts[1].Data), "flush %d: what the batch appended was overwritten", i)
+	}
+}
