@@ -66,31 +66,54 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 	// armed is when the timer fires, zero once it fired: it is reset only
 	// when that changes, not after every message.
 	armed := time.Now()
+	// burst counts the messages taken from ch without the full select:
+	// while messages are queued, most are taken with a plain receive, and
+	// every burstMax-th the select below also looks at the stop signals.
+	// (The select cost more than handling most messages.) Commit results
+	// that arrive meanwhile are taken by settle.
+	burst := 0
 	for {
-		// The result of the oldest transaction in flight: a group that
-		// commits in the background sends it while Process reads on.
-		var first <-chan error
-		if len(p.inflight) > 0 {
-			first = p.inflight[0].result
-		}
-		select {
-		case err := <-first:
-			if err := p.settled(err); err != nil {
-				return err
+		var msg logical.Message
+		received, open := false, false
+		if burst < burstMax {
+			select {
+			case msg, open = <-ch:
+				received = true
+				burst++
+			default:
 			}
-		case msg, ok := <-ch:
-			if !ok {
+		}
+		if !received {
+			burst = 0
+			// The result of the oldest transaction in flight: a group
+			// that commits in the background sends it while Process
+			// reads on.
+			var first <-chan error
+			if len(p.inflight) > 0 {
+				first = p.inflight[0].result
+			}
+			select {
+			case err := <-first:
+				if err := p.settled(err); err != nil {
+					return err
+				}
+			case msg, open = <-ch:
+				received = true
+			case <-events.Stopping():
+				return p.finish(ctx)
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-timer.C:
+				armed = time.Time{}
+			}
+		}
+		if received {
+			if !open {
 				return p.finish(ctx)
 			}
 			if err := p.handle(ctx, msg); err != nil {
 				return err
 			}
-		case <-events.Stopping():
-			return p.finish(ctx)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			armed = time.Time{}
 		}
 		// Nothing more to read: commit what is grouped, unless a group
 		// committed before is still being applied (serial mode over a
@@ -119,6 +142,10 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		}
 	}
 }
+
+// burstMax is how many messages in a row Process takes from its channel
+// without looking at the stop signals.
+const burstMax = 64
 
 // pointDue says when the loop should wake up to set a throttled point,
 // and false if there is nothing to set or setting it waits for a message
@@ -149,6 +176,11 @@ type relation struct {
 	noKey bool
 
 	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
+
+	// target is the target table, as p.target returned it when the
+	// relation arrived (the schema map and the loop's target schema do
+	// not change), for flush.
+	target logical.Table
 }
 
 // processor is the state of one Process call, used by its goroutine only.
@@ -281,6 +313,7 @@ func (p *processor) relation(m *pglogrepl.RelationMessage) error {
 	}
 	p.rels[m.RelationID] = rel
 	target := p.target(rel)
+	rel.target = target
 	if other, ok := p.sources[target]; ok && other != rel.source {
 		return errors.Errorf("pglogical: source tables %s and %s would both be written to %s; map their schemas to different target schemas",
 			other, rel.source, target)
@@ -653,7 +686,11 @@ func (p *processor) flush(ctx context.Context) error {
 	}
 	rel, muts := p.pendingRel, p.pending[:n:n]
 	p.pending, p.pendingBytes, p.pendingRel = p.pending[n:], 0, nil
-	return p.batch.OnData(ctx, rel.source, p.target(rel), muts)
+	target := rel.target
+	if target == (logical.Table{}) {
+		target = p.target(rel)
+	}
+	return p.batch.OnData(ctx, rel.source, target, muts)
 }
 
 // truncate deletes every row of the truncated tables, in order with the

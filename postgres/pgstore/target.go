@@ -766,8 +766,12 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 	}
 
 	var deletes []json.RawMessage
-	groups := make(map[string][]row)
+	// The groups' rows, by signature: an index into groupRows, so that a
+	// row of a group seen before looks it up without making the
+	// signature a string.
+	groups := make(map[string]int)
 	var groupOrder []string
+	var groupRows [][]row
 	// A group is a set of columns (a bitmap over the column indexes) and
 	// whether its rows are fresh (a last byte of 1).
 	sig := make([]byte, (len(info.cols)+7)/8+1)
@@ -781,11 +785,14 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 				sig[c/8] |= 1 << (c % 8)
 			}
 		}
-		rows, ok := groups[string(sig)]
+		g, ok := groups[string(sig)]
 		if !ok {
+			g = len(groupRows)
+			groups[string(sig)] = g
 			groupOrder = append(groupOrder, string(sig))
+			groupRows = append(groupRows, nil)
 		}
-		groups[string(sig)] = append(rows, r)
+		groupRows[g] = append(groupRows[g], r)
 	}
 	for _, st := range order {
 		if st.deleted {
@@ -803,8 +810,8 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 			return err
 		}
 	}
-	for _, sig := range groupOrder {
-		if err := t.upsert(ctx, q, info, sig, groups[sig]); err != nil {
+	for g, sig := range groupOrder {
+		if err := t.upsert(ctx, q, info, sig, groupRows[g]); err != nil {
 			return err
 		}
 	}
