@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/postgres/internal/jsontext"
 	"github.com/pkg/errors"
 )
 
@@ -607,6 +608,12 @@ func appendJSONString(buf, s []byte) []byte {
 	buf = append(buf, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		// Runs of plain bytes (most values are nothing else) are
+		// skipped a word at a time.
+		if n := jsontext.PlainPrefix(s[i:]); n > 0 {
+			i += n
+			continue
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
 			if c >= 0x20 && c != '"' && c != '\\' {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/postgres/internal/jsontext"
 	"github.com/pkg/errors"
 )
 
@@ -944,6 +945,11 @@ func skipSpace(data []byte, i int) int {
 // character or a malformed escape, or is not valid UTF-8.
 func scanString(data []byte, i int) (end int, escaped, ok bool) {
 	for i++; i < len(data); {
+		// Plain bytes, most of every value, a word at a time.
+		if n := jsontext.PlainPrefix(data[i:]); n > 0 {
+			i += n
+			continue
+		}
 		c := data[i]
 		switch {
 		case c == '"':
