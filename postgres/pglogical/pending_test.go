@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/logical-go/logical"
@@ -58,5 +59,30 @@ func TestFlushHandsOverItsOwnMutations(t *testing.T) {
 		require.Len(t, muts, 2)
 		assert.JSONEq(t, fmt.Sprintf(`{"id":"%d"}`, i), string(muts[0].Data), "flush %d", i)
 		assert.Equal(t, `"appended"`, string(muts[1].Data), "flush %d: what the batch appended was overwritten", i)
+	}
+}
+
+// TestRecordHandsOverItsOwnRows checks that the progress rows, whose data
+// and slices are carved from shared arrays, stay as they were handed over
+// while later ones are recorded, even when the batch appends to them.
+func TestRecordHandsOverItsOwnRows(t *testing.T) {
+	ctx := context.Background()
+	events := &keepingEvents{fakeEvents: newFakeEvents(false, 0)}
+	p := &processor{d: testDialect(t, Config{Progress: fakeProgress{}}), events: events, rels: map[uint32]*relation{}, sources: map[logical.Table]string{}}
+	batch, err := events.OnBegin(ctx)
+	require.NoError(t, err)
+	var appended [][]byte
+	rows := 3 * pendingChunk
+	for i := range rows {
+		require.NoError(t, p.record(ctx, batch, uint64(i+1)<<8, time.Unix(1, 0)))
+		last := events.kept[len(events.kept)-1]
+		appended = append(appended, append(last[0].Data, "garbage"...))
+	}
+	require.Len(t, events.kept, rows)
+	for i, muts := range events.kept {
+		require.Len(t, muts, 2)
+		assert.JSONEq(t, fmt.Sprintf(`{"key":"s","lsn":"%s"}`, FormatLSN(uint64(i+1)<<8)), string(muts[0].Data), "row %d", i)
+		assert.Equal(t, `"appended"`, string(muts[1].Data), "row %d: what the batch appended was overwritten", i)
+		assert.Equal(t, string(muts[0].Data)+"garbage", string(appended[i]), "row %d", i)
 	}
 }

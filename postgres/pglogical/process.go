@@ -219,6 +219,7 @@ type processor struct {
 
 	progressKey  json.RawMessage // of the progress row, see record
 	progressData []byte          // its data up to the LSN
+	progressBuf  []byte          // free space for the data of progress rows
 }
 
 // inflight is a transaction whose batch's OnCommit result is pending.
@@ -700,6 +701,21 @@ func (p *processor) flush(ctx context.Context) error {
 	return p.batch.OnData(ctx, rel.source, target, muts)
 }
 
+// one returns m alone in a slice, carved like flush carves the queue
+// from the queue's array when nothing is queued.
+func (p *processor) one(m logical.Mutation) []logical.Mutation {
+	if len(p.pending) > 0 {
+		return []logical.Mutation{m}
+	}
+	if cap(p.pending) == 0 {
+		p.pending = make([]logical.Mutation, 0, pendingChunk)
+	}
+	p.pending = append(p.pending, m)
+	out := p.pending[:1:1]
+	p.pending = p.pending[1:]
+	return out
+}
+
 // truncate deletes every row of the truncated tables, in order with the
 // transaction's other changes.
 func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) error {
@@ -939,9 +955,17 @@ func (p *processor) record(ctx context.Context, batch logical.Batch, end uint64,
 		p.progressKey = json.RawMessage("[" + string(slot) + "]")
 		p.progressData = append(append([]byte(`{"key":`), slot...), `,"lsn":"`...)
 	}
-	data := make([]byte, 0, len(p.progressData)+len(`FFFFFFFF/FFFFFFFF"}`))
-	data = append(appendLSN(append(data, p.progressData...), end), `"}`...)
-	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: p.progressKey, Data: data, Time: at}}); err != nil {
+	// The row's data and the slice that holds it are carved from arrays
+	// shared with other rows, each capped like flush caps the queue.
+	size := len(p.progressData) + len(`FFFFFFFF/FFFFFFFF"}`)
+	if cap(p.progressBuf)-len(p.progressBuf) < size {
+		p.progressBuf = make([]byte, 0, 64*size)
+	}
+	start := len(p.progressBuf)
+	p.progressBuf = append(appendLSN(append(p.progressBuf, p.progressData...), end), `"}`...)
+	data := p.progressBuf[start:len(p.progressBuf):len(p.progressBuf)]
+	p.progressBuf = p.progressBuf[len(p.progressBuf):]
+	if err := batch.OnData(ctx, "", prog.Table(), p.one(logical.Mutation{Key: p.progressKey, Data: data, Time: at})); err != nil {
 		return err
 	}
 	p.recorded = end
