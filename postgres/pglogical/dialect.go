@@ -324,6 +324,12 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		return nil
 	}
 	nextAck := time.Now()
+	// now is the time the loop works with; stale says it must be read
+	// again at the top of the loop: after a receive that failed or a send
+	// that waited. (A message handed over at once leaves the time of its
+	// receipt, microseconds old, which spares a clock read per message.)
+	var now time.Time
+	stale := true
 	// send hands m to Process, acknowledging on schedule while it waits.
 	// It reports false when the loop is stopping.
 	send := func(m logical.Message) (bool, error) {
@@ -334,7 +340,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 		// While we wait for Process the server cannot be heard; the
 		// silence counts from when we listen again.
-		defer func() { lastRecv, pinged = time.Now(), false }()
+		defer func() { lastRecv, pinged, stale = time.Now(), false, true }()
 		for {
 			wait := time.Until(nextAck)
 			if wait <= 0 {
@@ -373,7 +379,10 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	var recvDeadline time.Time
 	var rows rowDecoder
 	for {
-		now := time.Now()
+		if stale {
+			now = time.Now()
+		}
+		stale = true
 		ping := false
 		if d.cfg.SourceTimeout > 0 {
 			quiet := now.Sub(lastRecv)
@@ -426,7 +435,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			return errors.Wrap(err, "pglogical: receiving from the source")
 		}
-		now = time.Now()
+		now, stale = time.Now(), false
 		lastRecv, pinged = now, false
 		var out logical.Message
 		switch msg := raw.(type) {
