@@ -378,6 +378,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	defer stopWatch()
 	var recvDeadline time.Time
 	var rows rowDecoder
+	frontend := conn.Frontend()
 	for {
 		if stale {
 			now = time.Now()
@@ -424,6 +425,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 				return nil
 			}
 		}
+		buffered := frontend.ReadBufferLen()
 		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if stopping() || ctx.Err() != nil {
@@ -435,7 +437,14 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			return errors.Wrap(err, "pglogical: receiving from the source")
 		}
-		now, stale = time.Now(), false
+		// The time of receipt. A message that was buffered whole (the
+		// receive read nothing from the network, so it did not wait)
+		// keeps the time of the read that brought it, which spares a
+		// clock read for most messages of a busy stream.
+		if cd, ok := raw.(*pgproto3.CopyData); !ok || !fromBuffer(buffered, frontend.ReadBufferLen(), len(cd.Data)) {
+			now = time.Now()
+		}
+		stale = false
 		lastRecv, pinged = now, false
 		var out logical.Message
 		switch msg := raw.(type) {
@@ -488,6 +497,16 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			return nil
 		}
 	}
+}
+
+// fromBuffer reports whether a CopyData message of size bytes of data was
+// taken whole from the receive buffer: it held before bytes before the
+// receive and holds after bytes now, exactly the message's fewer (its type
+// byte, length and data). A receive that read from the network (and may
+// have waited) changed the buffer by more.
+func fromBuffer(before, after, size int) bool {
+	n := 1 + 4 + size
+	return before >= n && after == before-n
 }
 
 // connect opens a replication connection to the source. Errors never
