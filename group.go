@@ -134,11 +134,21 @@ type heldKey struct {
 type heldMuts struct {
 	key  heldKey
 	muts []Mutation
+	// last is how many were handed over the last time, up to
+	// heldCapMax: the capacity a new muts starts with, so that it does
+	// not grow (copying every mutation) one append at a time in each
+	// group.
+	last int
 }
 
 // groupFlushRows is how many mutations of one table a group holds before
 // it hands them over.
 const groupFlushRows = 1000
+
+// heldCapMax bounds the capacity a table's held mutations start with
+// (heldMuts.last), so that a table that had many in one group costs
+// little in the next when it has few.
+const heldCapMax = 256
 
 var (
 	_ Batcher      = (*groupBatcher)(nil)
@@ -283,19 +293,22 @@ func (g *groupBatcher) hold(ctx context.Context, source string, target Table, mu
 		g.held[k] = h
 		g.order = append(g.order, h)
 	}
-	if h.muts == nil {
+	switch {
+	case h.muts == nil && len(muts) >= h.last:
 		// The group owns muts now, but not the array beyond them: cap
 		// it, so that a later append copies instead of writing into
 		// what the caller may still use for other calls.
 		h.muts = muts[:len(muts):len(muts)]
-	} else {
+	case h.muts == nil:
+		h.muts = append(make([]Mutation, 0, h.last), muts...)
+	default:
 		h.muts = append(h.muts, muts...)
 	}
 	if len(h.muts) < groupFlushRows {
 		return nil
 	}
 	out := h.muts
-	h.muts = nil
+	h.muts, h.last = nil, min(len(out), heldCapMax)
 	return g.open.OnData(ctx, source, target, out)
 }
 
@@ -306,7 +319,7 @@ func (g *groupBatcher) handOverLocked(ctx context.Context) error {
 		if len(h.muts) > 0 && err == nil {
 			err = g.open.OnData(ctx, h.key.source, h.key.target, h.muts)
 		}
-		h.muts = nil
+		h.muts, h.last = nil, min(len(h.muts), heldCapMax)
 	}
 	if len(g.order) > maxHeldKeys {
 		g.dropHeldLocked()

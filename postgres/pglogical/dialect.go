@@ -324,6 +324,12 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		return nil
 	}
 	nextAck := time.Now()
+	// now is the time the loop works with; stale says it must be read
+	// again at the top of the loop: after a receive that failed or a send
+	// that waited. (A message handed over at once leaves the time of its
+	// receipt, microseconds old, which spares a clock read per message.)
+	var now time.Time
+	stale := true
 	// send hands m to Process, acknowledging on schedule while it waits.
 	// It reports false when the loop is stopping.
 	send := func(m logical.Message) (bool, error) {
@@ -334,7 +340,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 		// While we wait for Process the server cannot be heard; the
 		// silence counts from when we listen again.
-		defer func() { lastRecv, pinged = time.Now(), false }()
+		defer func() { lastRecv, pinged, stale = time.Now(), false, true }()
 		for {
 			wait := time.Until(nextAck)
 			if wait <= 0 {
@@ -371,8 +377,13 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 	stopWatch := context.AfterFunc(stopCtx, func() { _ = netConn.SetReadDeadline(time.Now()) })
 	defer stopWatch()
 	var recvDeadline time.Time
+	var rows rowDecoder
+	frontend := conn.Frontend()
 	for {
-		now := time.Now()
+		if stale {
+			now = time.Now()
+		}
+		stale = true
 		ping := false
 		if d.cfg.SourceTimeout > 0 {
 			quiet := now.Sub(lastRecv)
@@ -414,6 +425,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 				return nil
 			}
 		}
+		buffered := frontend.ReadBufferLen()
 		raw, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if stopping() || ctx.Err() != nil {
@@ -425,7 +437,14 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			}
 			return errors.Wrap(err, "pglogical: receiving from the source")
 		}
-		now = time.Now()
+		// The time of receipt. A message that was buffered whole (the
+		// receive read nothing from the network, so it did not wait)
+		// keeps the time of the read that brought it, which spares a
+		// clock read for most messages of a busy stream.
+		if cd, ok := raw.(*pgproto3.CopyData); !ok || !fromBuffer(buffered, frontend.ReadBufferLen(), len(cd.Data)) {
+			now = time.Now()
+		}
+		stale = false
 		lastRecv, pinged = now, false
 		var out logical.Message
 		switch msg := raw.(type) {
@@ -448,7 +467,7 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 				if err != nil {
 					return errors.Wrap(err, "pglogical: decoding XLogData")
 				}
-				if out, err = decode(xld.WALData); err != nil {
+				if out, err = decode(&rows, xld.WALData); err != nil {
 					return err
 				}
 			default:
@@ -478,6 +497,16 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 			return nil
 		}
 	}
+}
+
+// fromBuffer reports whether a CopyData message of size bytes of data was
+// taken whole from the receive buffer: it held before bytes before the
+// receive and holds after bytes now, exactly the message's fewer (its type
+// byte, length and data). A receive that read from the network (and may
+// have waited) changed the buffer by more.
+func fromBuffer(before, after, size int) bool {
+	n := 1 + 4 + size
+	return before >= n && after == before-n
 }
 
 // connect opens a replication connection to the source. Errors never
@@ -531,16 +560,22 @@ func (d *Dialect) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	return conn, nil
 }
 
-// decode parses one pgoutput message. A malformed message makes the
-// parser panic; that becomes an error.
-func decode(data []byte) (m logical.Message, err error) {
+// decode parses one pgoutput message: a row change with rd (see
+// rowDecoder), anything else with pglogrepl. A malformed message makes
+// pglogrepl's parser panic; that becomes an error.
+func decode(rd *rowDecoder, data []byte) (m logical.Message, err error) {
 	if len(data) == 0 {
 		return nil, errors.New("pglogical: empty pgoutput message")
 	}
 	switch pglogrepl.MessageType(data[0]) {
+	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:
+		msg, err := rd.decode(data)
+		if err != nil {
+			return nil, err
+		}
+		return walMessage{msg: msg}, nil
 	case pglogrepl.MessageTypeBegin, pglogrepl.MessageTypeCommit, pglogrepl.MessageTypeOrigin,
-		pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeType, pglogrepl.MessageTypeInsert,
-		pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate,
+		pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeType, pglogrepl.MessageTypeTruncate,
 		pglogrepl.MessageTypeMessage:
 	default:
 		return unknownMessage{typ: data[0]}, nil

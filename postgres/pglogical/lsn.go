@@ -2,7 +2,6 @@ package pglogical
 
 import (
 	"encoding/json"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -50,7 +49,32 @@ func ParseLSN(s string) (uint64, error) {
 
 // FormatLSN returns PostgreSQL's text form of pos.
 func FormatLSN(pos uint64) string {
-	return fmt.Sprintf("%X/%X", pos>>32, uint32(pos))
+	var buf [17]byte
+	return string(appendLSN(buf[:0], pos))
+}
+
+// appendLSN appends the text form of pos to buf. (fmt.Sprintf cost more
+// than the rest of recording a transaction's progress.)
+func appendLSN(buf []byte, pos uint64) []byte {
+	buf = appendHexUpper(buf, pos>>32)
+	buf = append(buf, '/')
+	return appendHexUpper(buf, uint64(uint32(pos)))
+}
+
+// appendHexUpper appends v in upper-case hexadecimal without leading zeros.
+func appendHexUpper(buf []byte, v uint64) []byte {
+	const digits = "0123456789ABCDEF"
+	var tmp [16]byte
+	i := len(tmp)
+	for {
+		i--
+		tmp[i] = digits[v&0xf]
+		v >>= 4
+		if v == 0 {
+			break
+		}
+	}
+	return append(buf, tmp[i:]...)
 }
 
 // String returns the text form, "XXX/XXX".

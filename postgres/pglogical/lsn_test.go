@@ -2,6 +2,8 @@ package pglogical
 
 import (
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -64,4 +66,15 @@ func TestLSNOrder(t *testing.T) {
 	assert.Equal(t, 1, logical.Compare(b, a))
 	assert.Equal(t, 0, logical.Compare(a, LSN{Pos: 1, Time: time.Now()}))
 	assert.Equal(t, uint64(2), b.AsOffset())
+}
+
+func TestFormatLSNMatchesSprintf(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	values := []uint64{0, 1, 0xF, 0x10, 1 << 32, 1<<32 - 1, ^uint64(0), 0xABCDEF0123456789}
+	for range 1000 {
+		values = append(values, r.Uint64()>>r.IntN(64))
+	}
+	for _, v := range values {
+		require.Equal(t, fmt.Sprintf("%X/%X", v>>32, uint32(v)), FormatLSN(v))
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/postgres/internal/jsontext"
 	"github.com/pkg/errors"
 )
 
@@ -63,30 +64,57 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// armed is when the timer fires, zero once it fired: it is reset only
+	// when that changes, not after every message.
+	armed := time.Now()
+	// burst counts the messages taken from ch without the full select:
+	// while messages are queued, most are taken with a plain receive, and
+	// every burstMax-th the select below also looks at the stop signals.
+	// (The select cost more than handling most messages.) Commit results
+	// that arrive meanwhile are taken by settle.
+	burst := 0
 	for {
-		// The result of the oldest transaction in flight: a group that
-		// commits in the background sends it while Process reads on.
-		var first <-chan error
-		if len(p.inflight) > 0 {
-			first = p.inflight[0].result
-		}
-		select {
-		case err := <-first:
-			if err := p.settled(err); err != nil {
-				return err
+		var msg logical.Message
+		received, open := false, false
+		if burst < burstMax {
+			select {
+			case msg, open = <-ch:
+				received = true
+				burst++
+			default:
 			}
-		case msg, ok := <-ch:
-			if !ok {
+		}
+		if !received {
+			burst = 0
+			// The result of the oldest transaction in flight: a group
+			// that commits in the background sends it while Process
+			// reads on.
+			var first <-chan error
+			if len(p.inflight) > 0 {
+				first = p.inflight[0].result
+			}
+			select {
+			case err := <-first:
+				if err := p.settled(err); err != nil {
+					return err
+				}
+			case msg, open = <-ch:
+				received = true
+			case <-events.Stopping():
+				return p.finish(ctx)
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-timer.C:
+				armed = time.Time{}
+			}
+		}
+		if received {
+			if !open {
 				return p.finish(ctx)
 			}
 			if err := p.handle(ctx, msg); err != nil {
 				return err
 			}
-		case <-events.Stopping():
-			return p.finish(ctx)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
 		}
 		// Nothing more to read: commit what is grouped, unless a group
 		// committed before is still being applied (serial mode over a
@@ -109,20 +137,25 @@ func (d *Dialect) Process(ctx context.Context, ch <-chan logical.Message, events
 		}
 		// Wake up when a throttled point becomes due, unless only a
 		// message can make it possible.
-		if due, ok := p.pointDue(); ok {
-			timer.Reset(due)
+		if at, ok := p.pointDue(); ok && !at.Equal(armed) {
+			timer.Reset(max(time.Until(at), 0))
+			armed = at
 		}
 	}
 }
 
+// burstMax is how many messages in a row Process takes from its channel
+// without looking at the stop signals.
+const burstMax = 64
+
 // pointDue says when the loop should wake up to set a throttled point,
 // and false if there is nothing to set or setting it waits for a message
 // (the commit of the open transaction, which records its own end).
-func (p *processor) pointDue() (time.Duration, bool) {
+func (p *processor) pointDue() (time.Time, bool) {
 	if p.committed <= p.persisted || p.waitsForCommit() {
-		return 0, false
+		return time.Time{}, false
 	}
-	return max(time.Until(p.lastSet.Add(p.d.cfg.PointEvery)), 0), true
+	return p.lastSet.Add(p.d.cfg.PointEvery), true
 }
 
 // waitsForCommit reports whether the committed position can only become
@@ -144,6 +177,11 @@ type relation struct {
 	noKey bool
 
 	quoted [][]byte // JSON-quoted column names with a colon; see quotedNames
+
+	// target is the target table, as p.target returned it when the
+	// relation arrived (the schema map and the loop's target schema do
+	// not change), for flush.
+	target logical.Table
 }
 
 // processor is the state of one Process call, used by its goroutine only.
@@ -181,6 +219,7 @@ type processor struct {
 
 	progressKey  json.RawMessage // of the progress row, see record
 	progressData []byte          // its data up to the LSN
+	progressBuf  []byte          // free space for the data of progress rows
 }
 
 // inflight is a transaction whose batch's OnCommit result is pending.
@@ -276,6 +315,7 @@ func (p *processor) relation(m *pglogrepl.RelationMessage) error {
 	}
 	p.rels[m.RelationID] = rel
 	target := p.target(rel)
+	rel.target = target
 	if other, ok := p.sources[target]; ok && other != rel.source {
 		return errors.Errorf("pglogical: source tables %s and %s would both be written to %s; map their schemas to different target schemas",
 			other, rel.source, target)
@@ -572,6 +612,12 @@ func appendJSONString(buf, s []byte) []byte {
 	buf = append(buf, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		// Runs of plain bytes (most values are nothing else) are
+		// skipped a word at a time.
+		if n := jsontext.PlainPrefix(s[i:]); n > 0 {
+			i += n
+			continue
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
 			if c >= 0x20 && c != '"' && c != '\\' {
@@ -621,6 +667,9 @@ func (p *processor) add(ctx context.Context, rel *relation, muts ...logical.Muta
 		return err
 	}
 	p.pendingRel = rel
+	if len(p.pending) == 0 && cap(p.pending) < len(muts) {
+		p.pending = make([]logical.Mutation, 0, max(pendingChunk, len(muts)))
+	}
 	for _, m := range muts {
 		p.pending = append(p.pending, m)
 		p.pendingBytes += len(m.Data) + len(m.Key) + len(m.Before)
@@ -631,15 +680,43 @@ func (p *processor) add(ctx context.Context, rel *relation, muts ...logical.Muta
 	return nil
 }
 
+// pendingChunk is how many mutations the array that queues them holds:
+// the queue of each flush is a part of it, so that a flush of one row
+// (the tables of a transaction alternate) allocates nothing.
+const pendingChunk = 256
+
 // flush hands the queued mutations to the batch, which owns them after.
+// They are handed over with the capacity of their length, so that an
+// append by the batch copies them rather than write into the part of the
+// array that queues the next ones.
 func (p *processor) flush(ctx context.Context) error {
-	if len(p.pending) == 0 {
+	n := len(p.pending)
+	if n == 0 {
 		p.pendingRel = nil
 		return nil
 	}
-	rel, muts := p.pendingRel, p.pending
-	p.pending, p.pendingBytes, p.pendingRel = nil, 0, nil
-	return p.batch.OnData(ctx, rel.source, p.target(rel), muts)
+	rel, muts := p.pendingRel, p.pending[:n:n]
+	p.pending, p.pendingBytes, p.pendingRel = p.pending[n:], 0, nil
+	target := rel.target
+	if target == (logical.Table{}) {
+		target = p.target(rel)
+	}
+	return p.batch.OnData(ctx, rel.source, target, muts)
+}
+
+// one returns m alone in a slice, carved like flush carves the queue
+// from the queue's array when nothing is queued.
+func (p *processor) one(m logical.Mutation) []logical.Mutation {
+	if len(p.pending) > 0 {
+		return []logical.Mutation{m}
+	}
+	if cap(p.pending) == 0 {
+		p.pending = make([]logical.Mutation, 0, pendingChunk)
+	}
+	p.pending = append(p.pending, m)
+	out := p.pending[:1:1]
+	p.pending = p.pending[1:]
+	return out
 }
 
 // truncate deletes every row of the truncated tables, in order with the
@@ -881,9 +958,17 @@ func (p *processor) record(ctx context.Context, batch logical.Batch, end uint64,
 		p.progressKey = json.RawMessage("[" + string(slot) + "]")
 		p.progressData = append(append([]byte(`{"key":`), slot...), `,"lsn":"`...)
 	}
-	data := make([]byte, 0, len(p.progressData)+len(`FFFFFFFF/FFFFFFFF"}`))
-	data = append(append(append(data, p.progressData...), FormatLSN(end)...), `"}`...)
-	if err := batch.OnData(ctx, "", prog.Table(), []logical.Mutation{{Key: p.progressKey, Data: data, Time: at}}); err != nil {
+	// The row's data and the slice that holds it are carved from arrays
+	// shared with other rows, each capped like flush caps the queue.
+	size := len(p.progressData) + len(`FFFFFFFF/FFFFFFFF"}`)
+	if cap(p.progressBuf)-len(p.progressBuf) < size {
+		p.progressBuf = make([]byte, 0, 64*size)
+	}
+	start := len(p.progressBuf)
+	p.progressBuf = append(appendLSN(append(p.progressBuf, p.progressData...), end), `"}`...)
+	data := p.progressBuf[start:len(p.progressBuf):len(p.progressBuf)]
+	p.progressBuf = p.progressBuf[len(p.progressBuf):]
+	if err := batch.OnData(ctx, "", prog.Table(), p.one(logical.Mutation{Key: p.progressKey, Data: data, Time: at})); err != nil {
 		return err
 	}
 	p.recorded = end

@@ -13,15 +13,15 @@ import (
 )
 
 func TestDecodeUnknownType(t *testing.T) {
-	m, err := decode([]byte{'X', 1, 2, 3})
+	m, err := decode(new(rowDecoder), []byte{'X', 1, 2, 3})
 	require.NoError(t, err)
 	p := &processor{d: &Dialect{}, rels: map[uint32]*relation{}}
 	err = p.handle(context.Background(), m)
 	require.ErrorContains(t, err, `'X'`)
 
-	_, err = decode([]byte{byte(pglogrepl.MessageTypeBegin), 1}) // truncated
+	_, err = decode(new(rowDecoder), []byte{byte(pglogrepl.MessageTypeBegin), 1}) // truncated
 	assert.Error(t, err)
-	_, err = decode(nil)
+	_, err = decode(new(rowDecoder), nil)
 	assert.Error(t, err)
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/postgres/internal/jsontext"
 	"github.com/pkg/errors"
 )
 
@@ -766,8 +767,12 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 	}
 
 	var deletes []json.RawMessage
-	groups := make(map[string][]row)
+	// The groups' rows, by signature: an index into groupRows, so that a
+	// row of a group seen before looks it up without making the
+	// signature a string.
+	groups := make(map[string]int)
 	var groupOrder []string
+	var groupRows [][]row
 	// A group is a set of columns (a bitmap over the column indexes) and
 	// whether its rows are fresh (a last byte of 1).
 	sig := make([]byte, (len(info.cols)+7)/8+1)
@@ -781,11 +786,14 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 				sig[c/8] |= 1 << (c % 8)
 			}
 		}
-		rows, ok := groups[string(sig)]
+		g, ok := groups[string(sig)]
 		if !ok {
+			g = len(groupRows)
+			groups[string(sig)] = g
 			groupOrder = append(groupOrder, string(sig))
+			groupRows = append(groupRows, nil)
 		}
-		groups[string(sig)] = append(rows, r)
+		groupRows[g] = append(groupRows[g], r)
 	}
 	for _, st := range order {
 		if st.deleted {
@@ -803,8 +811,8 @@ func (t *Target) applyRows(ctx context.Context, q execer, info *tableInfo, muts 
 			return err
 		}
 	}
-	for _, sig := range groupOrder {
-		if err := t.upsert(ctx, q, info, sig, groups[sig]); err != nil {
+	for g, sig := range groupOrder {
+		if err := t.upsert(ctx, q, info, sig, groupRows[g]); err != nil {
 			return err
 		}
 	}
@@ -821,9 +829,16 @@ func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
 // nil.
 func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
 	var unknown []byte
+	next := 0 // the column after the last one found
 	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
-		if i, found := info.byName[string(key)]; found {
+		// A source usually sends the columns in the table's order: try
+		// the next column before the map.
+		if next < len(info.cols) && info.cols[next].name == string(key) {
+			r[next] = v
+			next++
+		} else if i, found := info.byName[string(key)]; found {
 			r[i] = v
+			next = i + 1
 		} else if unknown == nil {
 			unknown = key
 		}
@@ -930,6 +945,11 @@ func skipSpace(data []byte, i int) int {
 // character or a malformed escape, or is not valid UTF-8.
 func scanString(data []byte, i int) (end int, escaped, ok bool) {
 	for i++; i < len(data); {
+		// Plain bytes, most of every value, a word at a time.
+		if n := jsontext.PlainPrefix(data[i:]); n > 0 {
+			i += n
+			continue
+		}
 		c := data[i]
 		switch {
 		case c == '"':
@@ -1250,36 +1270,42 @@ func textArray(rows []row, col int) (string, error) {
 	size := 2
 	for _, r := range rows {
 		size += len(r[col]) + 1
+		if len(r[col]) == 0 {
+			size += len("NULL")
+		}
 	}
-	buf := make([]byte, 0, size)
-	buf = append(buf, '{')
+	// A Builder grown once hands over its buffer as the string without
+	// a copy.
+	var buf strings.Builder
+	buf.Grow(size)
+	buf.WriteByte('{')
 	for n, r := range rows {
 		if n > 0 {
-			buf = append(buf, ',')
+			buf.WriteByte(',')
 		}
 		v := r[col]
 		switch {
 		case len(v) == 0 || v[0] != '"':
-			buf = append(buf, "NULL"...)
+			buf.WriteString("NULL")
 		case bytes.IndexByte(v, '\\') < 0:
-			buf = append(buf, v...)
+			buf.Write(v)
 		default:
 			var s string
 			if err := json.Unmarshal(v, &s); err != nil {
 				return "", errors.New("a value is not a JSON string")
 			}
-			buf = append(buf, '"')
+			buf.WriteByte('"')
 			for i := 0; i < len(s); i++ {
 				if s[i] == '"' || s[i] == '\\' {
-					buf = append(buf, '\\')
+					buf.WriteByte('\\')
 				}
-				buf = append(buf, s[i])
+				buf.WriteByte(s[i])
 			}
-			buf = append(buf, '"')
+			buf.WriteByte('"')
 		}
 	}
-	buf = append(buf, '}')
-	return string(buf), nil
+	buf.WriteByte('}')
+	return buf.String(), nil
 }
 
 // deleteKeys deletes the rows with the given primary keys in one

@@ -72,7 +72,8 @@ const defaultGCPercent = 400
 var oneProc bool
 
 // startCPUProfile writes a CPU profile to path until the returned function
-// is called.
+// is called, which also writes the allocation profile (pprof "allocs":
+// everything allocated since the start, sampled) to path + ".allocs".
 func startCPUProfile(path string) (func(), error) {
 	f, err := os.Create(path)
 	if err != nil {
@@ -85,6 +86,10 @@ func startCPUProfile(path string) (func(), error) {
 	return func() {
 		pprof.StopCPUProfile()
 		_ = f.Close()
+		if a, err := os.Create(path + ".allocs"); err == nil {
+			_ = pprof.Lookup("allocs").WriteTo(a, 0)
+			_ = a.Close()
+		}
 	}, nil
 }
 
@@ -137,7 +142,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metricsAddr", "", "serve Prometheus metrics on this address, e.g. :9090")
 	fs.StringVar(&o.logLevel, "logLevel", "info", "trace, debug, info, warn or error")
 	fs.Float64Var(&o.chaosProb, "chaosProb", 0, "for tests: probability that each call of the dialect, its events and batches fails with an injected error (logical.Config.ChaosProb; 0: off)")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until pgreplicate exits")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until pgreplicate exits, and its allocation profile to this file with .allocs appended at exit")
 	snapshotFlags(fs, &o.snap)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
