@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
 	"github.com/pkg/errors"
@@ -47,11 +49,24 @@ const (
 //
 // One Apply call costs at most one statement per distinct set of columns
 // among its upserts (usually one; rows the source inserted, see
-// MetaInsert, make a group of their own) plus one for its deletes:
+// MetaInsert, make a group of their own) plus one for its deletes. Rows
+// the source inserted are a plain INSERT (see MetaInsert); rows it updated
+// an UPDATE, which inserts the rows it does not find, so that the rows end
+// present as with an upsert:
 //
 //	INSERT INTO t (cols) SELECT CAST(r.c0 AS type), ... FROM unnest($1::text[], ...) AS r(c0, ...)
+//	WITH u AS (UPDATE t SET c = CAST(r.c1 AS type), ... FROM unnest(...) AS r(c0, ...)
+//	           WHERE t.pk = CAST(r.c0 AS type) RETURNING t.pk)
+//	INSERT INTO t (cols) SELECT ... FROM unnest(...) AS r(c0, ...)
+//	WHERE (SELECT count(*) FROM u) < cardinality($1) AND NOT EXISTS (SELECT 1 FROM u WHERE u.pk = ...)
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
-//	DELETE FROM t USING jsonb_array_elements($1) AS k(v) WHERE t.pk = CAST(k.v->>0 AS type)
+//	DELETE FROM t USING unnest($1::text[]) AS k(c0) WHERE t.pk = CAST(k.c0 AS type)
+//
+// The UPDATE costs the server less than INSERT ... ON CONFLICT DO UPDATE
+// (which probes the key, then locks and updates the row), and the
+// insert's subquery runs only if the UPDATE wrote fewer rows than it was
+// given. Rows of only key columns are upserted with ON CONFLICT DO
+// NOTHING.
 //
 // Rows the source inserted (and rows of a table without a key) that
 // would be a plain INSERT of at least 200 rows go by COPY instead: in a
@@ -59,9 +74,10 @@ const (
 // see copyin.go. A COPY that fails is redone as the INSERT.
 //
 // Rows whose values are all JSON strings or null (pgoutput's) go as one
-// text array per column; rows with other JSON values as one JSON array
-// of arrays taken apart with ->>, so that the database casts the same text
-// either way.
+// text array per column, in binary format (the server takes each element
+// as it is instead of parsing an array literal); rows with other JSON
+// values as one JSON array of arrays taken apart with ->>, so that the
+// database casts the same text either way. Keys go the same way.
 //
 // Only the last mutation of a key within one call counts (should the
 // folded statements violate a unique or exclusion constraint other than
@@ -371,8 +387,11 @@ func (x *targetTx) queue(what stmt, sql string, args ...any) int {
 	x.queuedWhat = append(x.queuedWhat, what)
 	size := len(sql)
 	for _, a := range args {
-		if s, ok := a.(string); ok {
-			size += len(s)
+		switch a := a.(type) {
+		case string:
+			size += len(a)
+		case *textColumn:
+			size += a.size + 4*len(a.vals)
 		}
 	}
 	x.queuedBytes += size
@@ -1090,7 +1109,8 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		}
 	}
 	plain := false
-	if sig[len(sig)-1] == 1 && len(info.pk) > 0 {
+	fresh := sig[len(sig)-1] == 1
+	if fresh && len(info.pk) > 0 {
 		t.mu.RLock()
 		plain = !t.upsertOnly[info.table]
 		t.mu.RUnlock()
@@ -1103,7 +1123,22 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	// of arrays, taken apart with ->>. The database casts the same text
 	// either way.
 	arrays := len(cols) <= maxArrayColumns && stringsOrNulls(rows, cols)
-	var names, values, sets []string
+	// The rows as a relation r: one unnest of a text array per column,
+	// or the elements of the JSON array.
+	from := " FROM jsonb_array_elements($1::jsonb) AS r(v)"
+	count := "jsonb_array_length($1::jsonb)"
+	src := func(n int) string { return "(r.v->>" + strconv.Itoa(n) + ")" }
+	if arrays {
+		var params, names []string
+		for n := range cols {
+			params = append(params, "$"+strconv.Itoa(n+1)+"::text[]")
+			names = append(names, "c"+strconv.Itoa(n))
+		}
+		from = " FROM unnest(" + strings.Join(params, ", ") + ") AS r(" + strings.Join(names, ", ") + ")"
+		count = "cardinality($1::text[])"
+		src = func(n int) string { return "r.c" + strconv.Itoa(n) }
+	}
+	var names, values, sets, updates []string
 	present := make(map[int]bool, len(cols))
 	overriding := false
 	for n, i := range cols {
@@ -1111,65 +1146,62 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		present[i] = true
 		overriding = overriding || c.always
 		names = append(names, Ident(c.name))
-		if arrays {
-			values = append(values, valueExpr(c, "r.c"+strconv.Itoa(n)))
-		} else {
-			values = append(values, valueExpr(c, "(r.v->>"+strconv.Itoa(n)+")"))
-		}
+		values = append(values, valueExpr(c, src(n)))
 		// An identity column GENERATED ALWAYS can only be updated to
 		// DEFAULT; its value does not change after the insert.
 		if !c.pk && !c.always {
 			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
+			updates = append(updates, Ident(c.name)+" = "+valueExpr(c, src(n)))
 		}
 	}
-	var sb strings.Builder
-	sb.WriteString("INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") ")
+	insert := "INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") "
 	if overriding {
 		// The source's values of identity columns GENERATED ALWAYS.
-		sb.WriteString("OVERRIDING SYSTEM VALUE ")
+		insert += "OVERRIDING SYSTEM VALUE "
 	}
-	sb.WriteString("SELECT ")
-	sb.WriteString(strings.Join(values, ", "))
-	if arrays {
-		sb.WriteString(" FROM unnest(")
-		for n := range cols {
-			if n > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteString("$" + strconv.Itoa(n+1) + "::text[]")
-		}
-		sb.WriteString(") AS r(")
-		for n := range cols {
-			if n > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteString("c" + strconv.Itoa(n))
-		}
-		sb.WriteString(")")
-	} else {
-		sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
-	}
+	insert += "SELECT " + strings.Join(values, ", ") + from
 	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), info: info,
 		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
-	sql := sb.String()
+	sql := insert
 	if len(info.pk) > 0 {
-		var pk []string
+		var pk, match, returning []string
 		for _, i := range info.pk {
+			c := info.cols[i]
 			if !present[i] {
-				return errors.Errorf("pgstore: table %s: a row lacks primary-key column %q", info.table, info.cols[i].name)
+				return errors.Errorf("pgstore: table %s: a row lacks primary-key column %q", info.table, c.name)
 			}
-			pk = append(pk, Ident(info.cols[i].name))
+			pk = append(pk, Ident(c.name))
+			// The base type, as in deleteKeys.
+			key := "CAST(" + src(slices.Index(cols, i)) + " AS " + c.cast + ")"
+			match = append(match, "t."+Ident(c.name)+" = "+key)
+			returning = append(returning, "u."+Ident(c.name)+" = "+key)
 		}
 		onConflict := " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", ")
 		if len(sets) == 0 {
 			onConflict = " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING"
 		}
-		// A plain insert has no ON CONFLICT: the primary key rejects an
-		// existing row, and the upsert runs instead.
-		if plain {
+		switch {
+		case plain:
+			// A plain insert has no ON CONFLICT: the primary key rejects
+			// an existing row, and the upsert runs instead.
 			what.what = fmt.Sprintf("inserting %d rows into %s", len(rows), info.table)
 			what.plainInsert, what.upsert = true, sql+onConflict
-		} else {
+		case len(updates) > 0 && !fresh:
+			// Rows the source updated are usually there: an UPDATE joined
+			// to r costs the server less than INSERT ... ON CONFLICT,
+			// which probes the key, locks the row and then updates it.
+			// Rows it did not find (a replay, a target that lacks them)
+			// are inserted by the same statement, which looks for them
+			// only if the UPDATE wrote fewer rows than there are.
+			tk := make([]string, len(pk))
+			for n, p := range pk {
+				tk[n] = "t." + p
+			}
+			sql = "WITH u AS (UPDATE " + info.ident + " AS t SET " + strings.Join(updates, ", ") + from +
+				" WHERE " + strings.Join(match, " AND ") + " RETURNING " + strings.Join(tk, ", ") + ") " +
+				insert + " WHERE (SELECT count(*) FROM u) < " + count +
+				" AND NOT EXISTS (SELECT 1 FROM u WHERE " + strings.Join(returning, " AND ") + ")" + onConflict
+		default:
 			sql += onConflict
 		}
 	}
@@ -1183,11 +1215,11 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	if arrays {
 		args := make([]any, len(cols))
 		for n, i := range cols {
-			lit, err := textArray(rows, i)
+			a, err := newTextColumn(rows, i)
 			if err != nil {
 				return errors.Wrapf(err, "pgstore: table %s: column %q", info.table, info.cols[i].name)
 			}
-			args[n] = lit
+			args[n] = a
 		}
 		return q.exec(ctx, what, sql, args...)
 	}
@@ -1242,54 +1274,86 @@ func stringsOrNulls(rows []row, cols []int) bool {
 	return true
 }
 
-// textArray returns the values of column col in rows as the text form of
-// a PostgreSQL text[] literal: {"a","b",NULL}. A JSON string without
-// escapes is already a quoted array element (it contains no quote or
-// backslash); one with escapes is decoded and quoted again.
-func textArray(rows []row, col int) (string, error) {
-	size := 2
+// textColumn is the values of one column of some rows as a text[]
+// parameter, which pgx sends in binary format: the server takes each
+// element as it is, instead of parsing an array literal.
+type textColumn struct {
+	vals [][]byte // nil for NULL; all in one buffer
+	size int      // bytes of the values
+}
+
+var _ pgtype.ArrayGetter = (*textColumn)(nil)
+
+func (c *textColumn) Dimensions() []pgtype.ArrayDimension {
+	return []pgtype.ArrayDimension{{Length: int32(len(c.vals)), LowerBound: 1}}
+}
+
+func (c *textColumn) Index(i int) any { return c.vals[i] }
+
+func (c *textColumn) IndexType() any { return []byte(nil) }
+
+// newTextColumn returns the values of column col in rows, JSON strings or
+// null, as a textColumn. A JSON string without escapes is its text
+// between the quotes; one with escapes is decoded.
+func newTextColumn(rows []row, col int) (*textColumn, error) {
+	size := 0
 	for _, r := range rows {
-		size += len(r[col]) + 1
+		size += len(r[col])
 	}
 	buf := make([]byte, 0, size)
-	buf = append(buf, '{')
+	c := &textColumn{vals: make([][]byte, len(rows))}
 	for n, r := range rows {
-		if n > 0 {
-			buf = append(buf, ',')
-		}
 		v := r[col]
+		start := len(buf)
 		switch {
 		case len(v) == 0 || v[0] != '"':
-			buf = append(buf, "NULL"...)
+			continue // NULL
 		case bytes.IndexByte(v, '\\') < 0:
-			buf = append(buf, v...)
+			buf = append(buf, v[1:len(v)-1]...)
 		default:
 			var s string
 			if err := json.Unmarshal(v, &s); err != nil {
-				return "", errors.New("a value is not a JSON string")
+				return nil, errors.New("a value is not a JSON string")
 			}
-			buf = append(buf, '"')
-			for i := 0; i < len(s); i++ {
-				if s[i] == '"' || s[i] == '\\' {
-					buf = append(buf, '\\')
-				}
-				buf = append(buf, s[i])
-			}
-			buf = append(buf, '"')
+			buf = append(buf, s...)
 		}
+		// A decoded string is never longer than its JSON, so buf does
+		// not move.
+		c.vals[n] = buf[start:len(buf):len(buf)]
 	}
-	buf = append(buf, '}')
-	return string(buf), nil
+	c.size = len(buf)
+	return c, nil
 }
 
 // deleteKeys deletes the rows with the given primary keys in one
-// statement.
+// statement. Keys whose values are all JSON strings or null (pglogical's)
+// go as one text array per key column, others as one JSON array of
+// arrays.
 func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys []json.RawMessage) error {
+	what := stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}
 	var conds []string
+	if rows, ok := splitKeys(info, keys); ok {
+		args := make([]any, len(info.pk))
+		var params, names []string
+		for n, i := range info.pk {
+			c := info.cols[i]
+			col, err := newTextColumn(rows, n)
+			if err != nil {
+				return errors.Wrapf(err, "pgstore: table %s: key column %q", info.table, c.name)
+			}
+			args[n] = col
+			params = append(params, "$"+strconv.Itoa(n+1)+"::text[]")
+			names = append(names, "c"+strconv.Itoa(n))
+			// The base type: a cast to a shorter varchar(n) would
+			// truncate the key and match another row.
+			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.c"+strconv.Itoa(n)+" AS "+c.cast+")")
+		}
+		sql := "DELETE FROM " + info.ident + " AS t USING unnest(" + strings.Join(params, ", ") + ") AS k(" +
+			strings.Join(names, ", ") + ") WHERE " + strings.Join(conds, " AND ")
+		return q.exec(ctx, what, sql, args...)
+	}
 	for n, i := range info.pk {
 		c := info.cols[i]
-		// The base type: a cast to a shorter varchar(n) would truncate
-		// the key and match another row.
 		conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.cast+")")
 	}
 	sql := "DELETE FROM " + info.ident + " AS t USING jsonb_array_elements($1::jsonb) AS k(v) WHERE " +
@@ -1298,7 +1362,25 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	if err != nil {
 		return errors.Wrapf(err, "pgstore: table %s: encoding keys", info.table)
 	}
-	return q.exec(ctx, stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}, sql, string(buf))
+	return q.exec(ctx, what, sql, string(buf))
+}
+
+// splitKeys returns the values of keys (compact JSON arrays of the key
+// columns' values) as rows of the key columns, if they are all JSON
+// strings or null.
+func splitKeys(info *tableInfo, keys []json.RawMessage) ([]row, bool) {
+	n := len(info.pk)
+	slab := make([]json.RawMessage, 0, n*len(keys))
+	rows := make([]row, len(keys))
+	for k, key := range keys {
+		start := len(slab)
+		var ok bool
+		if slab, ok = splitFlatArray(key, slab); !ok || len(slab)-start != n {
+			return nil, false
+		}
+		rows[k] = row(slab[start:len(slab):len(slab)])
+	}
+	return rows, true
 }
 
 // quoteLiteral quotes s as an SQL string literal.
