@@ -55,10 +55,10 @@ const (
 // present as with an upsert:
 //
 //	INSERT INTO t (cols) SELECT CAST(r.c0 AS type), ... FROM unnest($1::text[], ...) AS r(c0, ...)
-//	WITH u AS (UPDATE t SET c = CAST(r.c1 AS type), ... FROM unnest(...) AS r(c0, ...)
-//	           WHERE t.pk = CAST(r.c0 AS type) RETURNING t.pk)
-//	INSERT INTO t (cols) SELECT ... FROM unnest(...) AS r(c0, ...)
-//	WHERE (SELECT count(*) FROM u) < cardinality($1) AND NOT EXISTS (SELECT 1 FROM u WHERE u.pk = ...)
+//	WITH u AS (UPDATE t SET c = CAST(r.c1 AS type), ... FROM unnest(...) WITH ORDINALITY AS r(c0, ..., o)
+//	           WHERE t.pk = CAST(r.c0 AS type) RETURNING r.o)
+//	INSERT INTO t (cols) SELECT ... FROM unnest(...) WITH ORDINALITY AS r(c0, ..., o)
+//	WHERE (SELECT count(*) FROM u) < cardinality($1) AND NOT EXISTS (SELECT 1 FROM u WHERE u.o = r.o)
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
 //	DELETE FROM t USING unnest($1::text[]) AS k(c0) WHERE t.pk = CAST(k.c0 AS type)
 //
@@ -1124,8 +1124,9 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	// either way.
 	arrays := len(cols) <= maxArrayColumns && stringsOrNulls(rows, cols)
 	// The rows as a relation r: one unnest of a text array per column,
-	// or the elements of the JSON array.
-	from := " FROM jsonb_array_elements($1::jsonb) AS r(v)"
+	// or the elements of the JSON array; numbered (o) for the UPDATE
+	// below.
+	from, numbered := " FROM jsonb_array_elements($1::jsonb) AS r(v)", " FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS r(v, o)"
 	count := "jsonb_array_length($1::jsonb)"
 	src := func(n int) string { return "(r.v->>" + strconv.Itoa(n) + ")" }
 	if arrays {
@@ -1135,6 +1136,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			names = append(names, "c"+strconv.Itoa(n))
 		}
 		from = " FROM unnest(" + strings.Join(params, ", ") + ") AS r(" + strings.Join(names, ", ") + ")"
+		numbered = " FROM unnest(" + strings.Join(params, ", ") + ") WITH ORDINALITY AS r(" + strings.Join(names, ", ") + ", o)"
 		count = "cardinality($1::text[])"
 		src = func(n int) string { return "r.c" + strconv.Itoa(n) }
 	}
@@ -1159,12 +1161,12 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		// The source's values of identity columns GENERATED ALWAYS.
 		insert += "OVERRIDING SYSTEM VALUE "
 	}
-	insert += "SELECT " + strings.Join(values, ", ") + from
+	insert += "SELECT " + strings.Join(values, ", ")
 	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), info: info,
 		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
-	sql := insert
+	sql := insert + from
 	if len(info.pk) > 0 {
-		var pk, match, returning []string
+		var pk, match []string
 		for _, i := range info.pk {
 			c := info.cols[i]
 			if !present[i] {
@@ -1174,7 +1176,6 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			// The base type, as in deleteKeys.
 			key := "CAST(" + src(slices.Index(cols, i)) + " AS " + c.cast + ")"
 			match = append(match, "t."+Ident(c.name)+" = "+key)
-			returning = append(returning, "u."+Ident(c.name)+" = "+key)
 		}
 		onConflict := " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", ")
 		if len(sets) == 0 {
@@ -1190,17 +1191,17 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 			// Rows the source updated are usually there: an UPDATE joined
 			// to r costs the server less than INSERT ... ON CONFLICT,
 			// which probes the key, locks the row and then updates it.
-			// Rows it did not find (a replay, a target that lacks them)
+			// Rows it did not update (a replay, a target that lacks them)
 			// are inserted by the same statement, which looks for them
-			// only if the UPDATE wrote fewer rows than there are.
-			tk := make([]string, len(pk))
-			for n, p := range pk {
-				tk[n] = "t." + p
-			}
-			sql = "WITH u AS (UPDATE " + info.ident + " AS t SET " + strings.Join(updates, ", ") + from +
-				" WHERE " + strings.Join(match, " AND ") + " RETURNING " + strings.Join(tk, ", ") + ") " +
-				insert + " WHERE (SELECT count(*) FROM u) < " + count +
-				" AND NOT EXISTS (SELECT 1 FROM u WHERE " + strings.Join(returning, " AND ") + ")" + onConflict
+			// only if the UPDATE wrote fewer rows than there are. They are
+			// told by their number in r, not by their key: of two keys
+			// equal to one row ("1" and "01" of an int), the UPDATE
+			// writes only one, and the other's insert then fails, as the
+			// upsert did, instead of being lost.
+			sql = "WITH u AS (UPDATE " + info.ident + " AS t SET " + strings.Join(updates, ", ") + numbered +
+				" WHERE " + strings.Join(match, " AND ") + " RETURNING r.o) " +
+				insert + numbered + " WHERE (SELECT count(*) FROM u) < " + count +
+				" AND NOT EXISTS (SELECT 1 FROM u WHERE u.o = r.o)" + onConflict
 		default:
 			sql += onConflict
 		}

@@ -59,7 +59,10 @@ func TestTargetUpdateMissingRows(t *testing.T) {
 			}
 			mixed := []logical.Mutation{update(2, row(2)), update(4, row(4)), update(3, row(3)), update(5, row(5))}
 			alone := []logical.Mutation{update(6, row(6))} // a call of one mutation, no segment
-			require.NoError(t, applyBoth(ctx, t, inTx, target, table, mixed, alone))
+			// Values other than strings go as one JSON array.
+			numbers := []logical.Mutation{update(7, map[string]any{"id": 7, "a": "json", "n": 207}),
+				update(1, map[string]any{"id": 1, "a": "old", "n": 1})}
+			require.NoError(t, applyBoth(ctx, t, inTx, target, table, mixed, alone, numbers))
 			require.NoError(t, applyBoth(ctx, t, inTx, target, logical.Table{Schema: "public", Name: "k"},
 				[]logical.Mutation{update(1, map[string]any{"id": "1"}), update(2, map[string]any{"id": "2"})}))
 
@@ -70,6 +73,7 @@ func TestTargetUpdateMissingRows(t *testing.T) {
 				fmt.Sprintf("4 %q dflt 204", weird(4)),
 				fmt.Sprintf("5 %q dflt 205", weird(5)),
 				fmt.Sprintf("6 %q dflt 206", weird(6)),
+				"7 \"json\" dflt 207",
 			}
 			rows, err := db.Pool.Query(ctx, `SELECT id, a, b, n FROM u ORDER BY id`)
 			require.NoError(t, err)
@@ -128,4 +132,24 @@ func TestTargetDeleteKeys(t *testing.T) {
 			assert.Equal(t, []int{5, 7, 9}, left)
 		})
 	}
+}
+
+// TestTargetUpdateSameRowTwice checks that two keys of one call that are
+// different text but the same key value at the target ("1" and "01" of
+// an int) fail the call, as INSERT ... ON CONFLICT DO UPDATE does,
+// instead of one of them being dropped silently.
+func TestTargetUpdateSameRowTwice(t *testing.T) {
+	db := pgtest.NewDB(t, "updtwice")
+	ctx := context.Background()
+	db.Exec(t, `CREATE TABLE u (id int PRIMARY KEY, a text)`, `INSERT INTO u VALUES (1, 'old')`)
+	target := NewTarget(db.Pool)
+	table := logical.Table{Schema: "public", Name: "u"}
+	muts := []logical.Mutation{
+		{Key: json.RawMessage(`["01"]`), Data: json.RawMessage(`{"id":"01","a":"first"}`)},
+		{Key: json.RawMessage(`["1"]`), Data: json.RawMessage(`{"id":"1","a":"second"}`)},
+	}
+	err := target.Apply(ctx, table, muts)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "cannot affect row a second time")
+	assert.ErrorContains(t, err, "upserting 2 rows into public.u")
 }
