@@ -366,19 +366,7 @@ func copyArrays(chunk []byte, ncols int) ([]any, error) {
 	}
 	args := make([]any, ncols)
 	for n := range args {
-		buf := bufs[n]
-		if buf == nil {
-			buf = []byte{}
-		}
-		c := &textColumn{vals: make([][]byte, len(ends[n])), size: len(buf)}
-		start := 0
-		for r, end := range ends[n] {
-			if end >= 0 {
-				c.vals[r] = buf[start:end:end]
-				start = end
-			}
-		}
-		args[n] = c
+		args[n] = newTextColumnOf(bufs[n], ends[n])
 	}
 	return args, nil
 }

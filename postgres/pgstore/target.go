@@ -391,7 +391,7 @@ func (x *targetTx) queue(what stmt, sql string, args ...any) int {
 		case string:
 			size += len(a)
 		case *textColumn:
-			size += a.size + 4*len(a.vals)
+			size += a.size + 4*len(a.cells)
 		}
 	}
 	x.queuedBytes += size
@@ -1277,21 +1277,50 @@ func stringsOrNulls(rows []row, cols []int) bool {
 
 // textColumn is the values of one column of some rows as a text[]
 // parameter, which pgx sends in binary format: the server takes each
-// element as it is, instead of parsing an array literal.
+// element as it is, instead of parsing an array literal. Index returns a
+// pointer into cells, so that encoding an element allocates nothing.
 type textColumn struct {
-	vals [][]byte // nil for NULL; all in one buffer
-	size int      // bytes of the values
+	cells []textCell // substrings of one string
+	size  int        // bytes of the values
 }
 
-var _ pgtype.ArrayGetter = (*textColumn)(nil)
+// textCell is one element of a textColumn.
+type textCell struct {
+	s     string
+	valid bool // false for NULL
+}
+
+var (
+	_ pgtype.ArrayGetter = (*textColumn)(nil)
+	_ pgtype.TextValuer  = (*textCell)(nil)
+)
 
 func (c *textColumn) Dimensions() []pgtype.ArrayDimension {
-	return []pgtype.ArrayDimension{{Length: int32(len(c.vals)), LowerBound: 1}}
+	return []pgtype.ArrayDimension{{Length: int32(len(c.cells)), LowerBound: 1}}
 }
 
-func (c *textColumn) Index(i int) any { return c.vals[i] }
+func (c *textColumn) Index(i int) any { return &c.cells[i] }
 
-func (c *textColumn) IndexType() any { return []byte(nil) }
+func (c *textColumn) IndexType() any { return &textCell{} }
+
+func (e *textCell) TextValue() (pgtype.Text, error) {
+	return pgtype.Text{String: e.s, Valid: e.valid}, nil
+}
+
+// newTextColumnOf returns the textColumn of the values in buf that end
+// at ends (-1 for NULL), one after the other.
+func newTextColumnOf(buf []byte, ends []int) *textColumn {
+	all := string(buf)
+	c := &textColumn{cells: make([]textCell, len(ends)), size: len(all)}
+	start := 0
+	for n, end := range ends {
+		if end >= 0 {
+			c.cells[n] = textCell{s: all[start:end], valid: true}
+			start = end
+		}
+	}
+	return c
+}
 
 // newTextColumn returns the values of column col in rows, JSON strings or
 // null, as a textColumn. A JSON string without escapes is its text
@@ -1302,13 +1331,13 @@ func newTextColumn(rows []row, col int) (*textColumn, error) {
 		size += len(r[col])
 	}
 	buf := make([]byte, 0, size)
-	c := &textColumn{vals: make([][]byte, len(rows))}
+	ends := make([]int, len(rows))
 	for n, r := range rows {
 		v := r[col]
-		start := len(buf)
 		switch {
 		case len(v) == 0 || v[0] != '"':
-			continue // NULL
+			ends[n] = -1 // NULL
+			continue
 		case bytes.IndexByte(v, '\\') < 0:
 			buf = append(buf, v[1:len(v)-1]...)
 		default:
@@ -1318,12 +1347,9 @@ func newTextColumn(rows []row, col int) (*textColumn, error) {
 			}
 			buf = append(buf, s...)
 		}
-		// A decoded string is never longer than its JSON, so buf does
-		// not move.
-		c.vals[n] = buf[start:len(buf):len(buf)]
+		ends[n] = len(buf)
 	}
-	c.size = len(buf)
-	return c, nil
+	return newTextColumnOf(buf, ends), nil
 }
 
 // deleteKeys deletes the rows with the given primary keys in one
