@@ -1096,11 +1096,13 @@ func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte,
 	return append(buf, ']'), nil
 }
 
-// upsert writes rows that all have the columns of sig in one statement;
-// with a plain INSERT if sig says the rows are fresh and no plain insert
-// into the table failed before.
-// The rows go to the server as one JSON array of arrays, each holding the
-// values of sig's columns in column order.
+// upsert writes rows that all have the columns of sig in one statement:
+// a plain INSERT if sig says the rows are fresh and no plain insert into
+// the table failed before; else, in a table with a key, an UPDATE that
+// inserts the rows it missed, or (rows of only key columns, or fresh rows
+// in a table that had a replay) INSERT ... ON CONFLICT. The rows go to
+// the server as one text array per column, or as one JSON array of arrays
+// each holding the values of sig's columns in column order.
 func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []row) error {
 	var cols []int
 	for i := range info.cols {
