@@ -321,11 +321,14 @@ func appendCopyText(buf []byte, s string) []byte {
 }
 
 // copyArrays turns a chunk of COPY text of ncols columns back into one
-// text array per column (a textColumn), the arguments of the INSERT it
-// stands for.
+// text-array literal per column, the arguments of the INSERT it stands
+// for.
 func copyArrays(chunk []byte, ncols int) ([]any, error) {
-	bufs := make([][]byte, ncols)
-	ends := make([][]int, ncols) // per column and row: the end of the value in bufs, -1 for NULL
+	arrays := make([][]byte, ncols)
+	for n := range arrays {
+		arrays[n] = append(arrays[n], '{')
+	}
+	first := true
 	for len(chunk) > 0 {
 		end := bytes.IndexByte(chunk, '\n')
 		if end < 0 {
@@ -338,35 +341,43 @@ func copyArrays(chunk []byte, ncols int) ([]any, error) {
 			return nil, errors.Errorf("pgstore: a COPY line has %d fields, not %d", len(fields), ncols)
 		}
 		for n, f := range fields {
+			a := arrays[n]
+			if !first {
+				a = append(a, ',')
+			}
 			if string(f) == `\N` {
-				ends[n] = append(ends[n], -1)
-				continue
-			}
-			a := bufs[n]
-			for i := 0; i < len(f); i++ {
-				c := f[i]
-				if c == '\\' && i+1 < len(f) {
-					i++
-					switch f[i] {
-					case 'n':
-						c = '\n'
-					case 'r':
-						c = '\r'
-					case 't':
-						c = '\t'
-					default:
-						c = f[i]
+				a = append(a, "NULL"...)
+			} else {
+				a = append(a, '"')
+				for i := 0; i < len(f); i++ {
+					c := f[i]
+					if c == '\\' && i+1 < len(f) {
+						i++
+						switch f[i] {
+						case 'n':
+							c = '\n'
+						case 'r':
+							c = '\r'
+						case 't':
+							c = '\t'
+						default:
+							c = f[i]
+						}
 					}
+					if c == '"' || c == '\\' {
+						a = append(a, '\\')
+					}
+					a = append(a, c)
 				}
-				a = append(a, c)
+				a = append(a, '"')
 			}
-			bufs[n] = a
-			ends[n] = append(ends[n], len(a))
+			arrays[n] = a
 		}
+		first = false
 	}
 	args := make([]any, ncols)
-	for n := range args {
-		args[n] = newTextColumnOf(bufs[n], ends[n])
+	for n, a := range arrays {
+		args[n] = string(append(a, '}'))
 	}
 	return args, nil
 }

@@ -252,7 +252,7 @@ func TestCopyArrays(t *testing.T) {
 	got, err := copyArrays(chunk, 2)
 	require.NoError(t, err)
 	for col := range 2 {
-		want, err := newTextColumn(rows, col)
+		want, err := textArray(rows, col)
 		require.NoError(t, err)
 		assert.Equal(t, want, got[col], "column %d", col)
 	}

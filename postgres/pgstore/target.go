@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/logical-go/logical"
 	"github.com/pkg/errors"
@@ -49,24 +47,11 @@ const (
 //
 // One Apply call costs at most one statement per distinct set of columns
 // among its upserts (usually one; rows the source inserted, see
-// MetaInsert, make a group of their own) plus one for its deletes. Rows
-// the source inserted are a plain INSERT (see MetaInsert); rows it updated
-// an UPDATE, which inserts the rows it does not find, so that the rows end
-// present as with an upsert:
+// MetaInsert, make a group of their own) plus one for its deletes:
 //
 //	INSERT INTO t (cols) SELECT CAST(r.c0 AS type), ... FROM unnest($1::text[], ...) AS r(c0, ...)
-//	WITH u AS (UPDATE t SET c = CAST(r.c1 AS type), ... FROM unnest(...) WITH ORDINALITY AS r(c0, ..., o)
-//	           WHERE t.pk = CAST(r.c0 AS type) RETURNING r.o)
-//	INSERT INTO t (cols) SELECT ... FROM unnest(...) WITH ORDINALITY AS r(c0, ..., o)
-//	WHERE (SELECT count(*) FROM u) < cardinality($1) AND NOT EXISTS (SELECT 1 FROM u WHERE u.o = r.o)
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
-//	DELETE FROM t USING unnest($1::text[]) AS k(c0) WHERE t.pk = CAST(k.c0 AS type)
-//
-// The UPDATE costs the server less than INSERT ... ON CONFLICT DO UPDATE
-// (which probes the key, then locks and updates the row), and the
-// insert's subquery runs only if the UPDATE wrote fewer rows than it was
-// given. Rows of only key columns are upserted with ON CONFLICT DO
-// NOTHING.
+//	DELETE FROM t USING unnest($1::text[], ...) AS k(c0, ...) WHERE t.pk = CAST(k.c0 AS type)
 //
 // Rows the source inserted (and rows of a table without a key) that
 // would be a plain INSERT of at least 200 rows go by COPY instead: in a
@@ -74,10 +59,9 @@ const (
 // see copyin.go. A COPY that fails is redone as the INSERT.
 //
 // Rows whose values are all JSON strings or null (pgoutput's) go as one
-// text array per column, in binary format (the server takes each element
-// as it is instead of parsing an array literal); rows with other JSON
-// values as one JSON array of arrays taken apart with ->>, so that the
-// database casts the same text either way. Keys go the same way.
+// text array per column; rows with other JSON values as one JSON array
+// of arrays taken apart with ->>, so that the database casts the same text
+// either way. Keys go the same way.
 //
 // Only the last mutation of a key within one call counts (should the
 // folded statements violate a unique or exclusion constraint other than
@@ -387,11 +371,8 @@ func (x *targetTx) queue(what stmt, sql string, args ...any) int {
 	x.queuedWhat = append(x.queuedWhat, what)
 	size := len(sql)
 	for _, a := range args {
-		switch a := a.(type) {
-		case string:
-			size += len(a)
-		case *textColumn:
-			size += a.size + 4*len(a.cells)
+		if s, ok := a.(string); ok {
+			size += len(s)
 		}
 	}
 	x.queuedBytes += size
@@ -1096,13 +1077,11 @@ func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte,
 	return append(buf, ']'), nil
 }
 
-// upsert writes rows that all have the columns of sig in one statement:
-// a plain INSERT if sig says the rows are fresh and no plain insert into
-// the table failed before; else, in a table with a key, an UPDATE that
-// inserts the rows it missed, or (rows of only key columns, or fresh rows
-// in a table that had a replay) INSERT ... ON CONFLICT. The rows go to
-// the server as one text array per column, or as one JSON array of arrays
-// each holding the values of sig's columns in column order.
+// upsert writes rows that all have the columns of sig in one statement;
+// with a plain INSERT if sig says the rows are fresh and no plain insert
+// into the table failed before.
+// The rows go to the server as one JSON array of arrays, each holding the
+// values of sig's columns in column order.
 func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []row) error {
 	var cols []int
 	for i := range info.cols {
@@ -1111,8 +1090,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		}
 	}
 	plain := false
-	fresh := sig[len(sig)-1] == 1
-	if fresh && len(info.pk) > 0 {
+	if sig[len(sig)-1] == 1 && len(info.pk) > 0 {
 		t.mu.RLock()
 		plain = !t.upsertOnly[info.table]
 		t.mu.RUnlock()
@@ -1125,24 +1103,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	// of arrays, taken apart with ->>. The database casts the same text
 	// either way.
 	arrays := len(cols) <= maxArrayColumns && stringsOrNulls(rows, cols)
-	// The rows as a relation r: one unnest of a text array per column,
-	// or the elements of the JSON array; numbered (o) for the UPDATE
-	// below.
-	from, numbered := " FROM jsonb_array_elements($1::jsonb) AS r(v)", " FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS r(v, o)"
-	count := "jsonb_array_length($1::jsonb)"
-	src := func(n int) string { return "(r.v->>" + strconv.Itoa(n) + ")" }
-	if arrays {
-		var params, names []string
-		for n := range cols {
-			params = append(params, "$"+strconv.Itoa(n+1)+"::text[]")
-			names = append(names, "c"+strconv.Itoa(n))
-		}
-		from = " FROM unnest(" + strings.Join(params, ", ") + ") AS r(" + strings.Join(names, ", ") + ")"
-		numbered = " FROM unnest(" + strings.Join(params, ", ") + ") WITH ORDINALITY AS r(" + strings.Join(names, ", ") + ", o)"
-		count = "cardinality($1::text[])"
-		src = func(n int) string { return "r.c" + strconv.Itoa(n) }
-	}
-	var names, values, sets, updates []string
+	var names, values, sets []string
 	present := make(map[int]bool, len(cols))
 	overriding := false
 	for n, i := range cols {
@@ -1150,61 +1111,65 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		present[i] = true
 		overriding = overriding || c.always
 		names = append(names, Ident(c.name))
-		values = append(values, valueExpr(c, src(n)))
+		if arrays {
+			values = append(values, valueExpr(c, "r.c"+strconv.Itoa(n)))
+		} else {
+			values = append(values, valueExpr(c, "(r.v->>"+strconv.Itoa(n)+")"))
+		}
 		// An identity column GENERATED ALWAYS can only be updated to
 		// DEFAULT; its value does not change after the insert.
 		if !c.pk && !c.always {
 			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
-			updates = append(updates, Ident(c.name)+" = "+valueExpr(c, src(n)))
 		}
 	}
-	insert := "INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") "
+	var sb strings.Builder
+	sb.WriteString("INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") ")
 	if overriding {
 		// The source's values of identity columns GENERATED ALWAYS.
-		insert += "OVERRIDING SYSTEM VALUE "
+		sb.WriteString("OVERRIDING SYSTEM VALUE ")
 	}
-	insert += "SELECT " + strings.Join(values, ", ")
+	sb.WriteString("SELECT ")
+	sb.WriteString(strings.Join(values, ", "))
+	if arrays {
+		sb.WriteString(" FROM unnest(")
+		for n := range cols {
+			if n > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString("$" + strconv.Itoa(n+1) + "::text[]")
+		}
+		sb.WriteString(") AS r(")
+		for n := range cols {
+			if n > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString("c" + strconv.Itoa(n))
+		}
+		sb.WriteString(")")
+	} else {
+		sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
+	}
 	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), info: info,
 		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
-	sql := insert + from
+	sql := sb.String()
 	if len(info.pk) > 0 {
-		var pk, match []string
+		var pk []string
 		for _, i := range info.pk {
-			c := info.cols[i]
 			if !present[i] {
-				return errors.Errorf("pgstore: table %s: a row lacks primary-key column %q", info.table, c.name)
+				return errors.Errorf("pgstore: table %s: a row lacks primary-key column %q", info.table, info.cols[i].name)
 			}
-			pk = append(pk, Ident(c.name))
-			// The base type, as in deleteKeys.
-			key := "CAST(" + src(slices.Index(cols, i)) + " AS " + c.cast + ")"
-			match = append(match, "t."+Ident(c.name)+" = "+key)
+			pk = append(pk, Ident(info.cols[i].name))
 		}
 		onConflict := " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", ")
 		if len(sets) == 0 {
 			onConflict = " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING"
 		}
-		switch {
-		case plain:
-			// A plain insert has no ON CONFLICT: the primary key rejects
-			// an existing row, and the upsert runs instead.
+		// A plain insert has no ON CONFLICT: the primary key rejects an
+		// existing row, and the upsert runs instead.
+		if plain {
 			what.what = fmt.Sprintf("inserting %d rows into %s", len(rows), info.table)
 			what.plainInsert, what.upsert = true, sql+onConflict
-		case len(updates) > 0 && !fresh:
-			// Rows the source updated are usually there: an UPDATE joined
-			// to r costs the server less than INSERT ... ON CONFLICT,
-			// which probes the key, locks the row and then updates it.
-			// Rows it did not update (a replay, a target that lacks them)
-			// are inserted by the same statement, which looks for them
-			// only if the UPDATE wrote fewer rows than there are. They are
-			// told by their number in r, not by their key: of two keys
-			// equal to one row ("1" and "01" of an int), the UPDATE
-			// writes only one, and the other's insert then fails, as the
-			// upsert did, instead of being lost.
-			sql = "WITH u AS (UPDATE " + info.ident + " AS t SET " + strings.Join(updates, ", ") + numbered +
-				" WHERE " + strings.Join(match, " AND ") + " RETURNING r.o) " +
-				insert + numbered + " WHERE (SELECT count(*) FROM u) < " + count +
-				" AND NOT EXISTS (SELECT 1 FROM u WHERE u.o = r.o)" + onConflict
-		default:
+		} else {
 			sql += onConflict
 		}
 	}
@@ -1218,11 +1183,11 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	if arrays {
 		args := make([]any, len(cols))
 		for n, i := range cols {
-			a, err := newTextColumn(rows, i)
+			lit, err := textArray(rows, i)
 			if err != nil {
 				return errors.Wrapf(err, "pgstore: table %s: column %q", info.table, info.cols[i].name)
 			}
-			args[n] = a
+			args[n] = lit
 		}
 		return q.exec(ctx, what, sql, args...)
 	}
@@ -1277,86 +1242,50 @@ func stringsOrNulls(rows []row, cols []int) bool {
 	return true
 }
 
-// textColumn is the values of one column of some rows as a text[]
-// parameter, which pgx sends in binary format: the server takes each
-// element as it is, instead of parsing an array literal. Index returns a
-// pointer into cells, so that encoding an element allocates nothing.
-type textColumn struct {
-	cells []textCell // substrings of one string
-	size  int        // bytes of the values
-}
-
-// textCell is one element of a textColumn.
-type textCell struct {
-	s     string
-	valid bool // false for NULL
-}
-
-var (
-	_ pgtype.ArrayGetter = (*textColumn)(nil)
-	_ pgtype.TextValuer  = (*textCell)(nil)
-)
-
-func (c *textColumn) Dimensions() []pgtype.ArrayDimension {
-	return []pgtype.ArrayDimension{{Length: int32(len(c.cells)), LowerBound: 1}}
-}
-
-func (c *textColumn) Index(i int) any { return &c.cells[i] }
-
-func (c *textColumn) IndexType() any { return &textCell{} }
-
-func (e *textCell) TextValue() (pgtype.Text, error) {
-	return pgtype.Text{String: e.s, Valid: e.valid}, nil
-}
-
-// newTextColumnOf returns the textColumn of the values in buf that end
-// at ends (-1 for NULL), one after the other.
-func newTextColumnOf(buf []byte, ends []int) *textColumn {
-	all := string(buf)
-	c := &textColumn{cells: make([]textCell, len(ends)), size: len(all)}
-	start := 0
-	for n, end := range ends {
-		if end >= 0 {
-			c.cells[n] = textCell{s: all[start:end], valid: true}
-			start = end
-		}
-	}
-	return c
-}
-
-// newTextColumn returns the values of column col in rows, JSON strings or
-// null, as a textColumn. A JSON string without escapes is its text
-// between the quotes; one with escapes is decoded.
-func newTextColumn(rows []row, col int) (*textColumn, error) {
-	size := 0
+// textArray returns the values of column col in rows as the text form of
+// a PostgreSQL text[] literal: {"a","b",NULL}. A JSON string without
+// escapes is already a quoted array element (it contains no quote or
+// backslash); one with escapes is decoded and quoted again.
+func textArray(rows []row, col int) (string, error) {
+	size := 2
 	for _, r := range rows {
-		size += len(r[col])
+		size += len(r[col]) + 1
 	}
 	buf := make([]byte, 0, size)
-	ends := make([]int, len(rows))
+	buf = append(buf, '{')
 	for n, r := range rows {
+		if n > 0 {
+			buf = append(buf, ',')
+		}
 		v := r[col]
 		switch {
 		case len(v) == 0 || v[0] != '"':
-			ends[n] = -1 // NULL
-			continue
+			buf = append(buf, "NULL"...)
 		case bytes.IndexByte(v, '\\') < 0:
-			buf = append(buf, v[1:len(v)-1]...)
+			buf = append(buf, v...)
 		default:
 			var s string
 			if err := json.Unmarshal(v, &s); err != nil {
-				return nil, errors.New("a value is not a JSON string")
+				return "", errors.New("a value is not a JSON string")
 			}
-			buf = append(buf, s...)
+			buf = append(buf, '"')
+			for i := 0; i < len(s); i++ {
+				if s[i] == '"' || s[i] == '\\' {
+					buf = append(buf, '\\')
+				}
+				buf = append(buf, s[i])
+			}
+			buf = append(buf, '"')
 		}
-		ends[n] = len(buf)
 	}
-	return newTextColumnOf(buf, ends), nil
+	buf = append(buf, '}')
+	return string(buf), nil
 }
 
 // deleteKeys deletes the rows with the given primary keys in one
 // statement. Keys whose values are all JSON strings or null (pglogical's)
-// go as one text array per key column, others as one JSON array of
+// go as one text array per key column, joined by unnest, which costs the
+// server less than taking a JSON array apart; others as one JSON array of
 // arrays.
 func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys []json.RawMessage) error {
 	what := stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}
@@ -1366,11 +1295,11 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 		var params, names []string
 		for n, i := range info.pk {
 			c := info.cols[i]
-			col, err := newTextColumn(rows, n)
+			lit, err := textArray(rows, n)
 			if err != nil {
 				return errors.Wrapf(err, "pgstore: table %s: key column %q", info.table, c.name)
 			}
-			args[n] = col
+			args[n] = lit
 			params = append(params, "$"+strconv.Itoa(n+1)+"::text[]")
 			names = append(names, "c"+strconv.Itoa(n))
 			// The base type: a cast to a shorter varchar(n) would

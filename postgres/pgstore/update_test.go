@@ -40,8 +40,8 @@ func update(k int, data map[string]any) logical.Mutation {
 // inserts it, with the columns the update lacks at their defaults, while
 // the rows that are there keep the columns the update lacks and their
 // GENERATED ALWAYS identity. Rows of only key columns end present too.
-// Without the insert of the rows the UPDATE missed, keys 4 and 5 would
-// be absent.
+// A form that only updates (an UPDATE joined to the rows, cheaper for the
+// server) would leave keys 4, 5, 6 and 7 absent.
 func TestTargetUpdateMissingRows(t *testing.T) {
 	for _, inTx := range []bool{false, true} {
 		t.Run(fmt.Sprintf("in a transaction %v", inTx), func(t *testing.T) {
@@ -136,8 +136,9 @@ func TestTargetDeleteKeys(t *testing.T) {
 
 // TestTargetUpdateSameRowTwice checks that two keys of one call that are
 // different text but the same key value at the target ("1" and "01" of
-// an int) fail the call, as INSERT ... ON CONFLICT DO UPDATE does,
-// instead of one of them being dropped silently.
+// an int) fail the call, as INSERT ... ON CONFLICT DO UPDATE does; an
+// UPDATE joined to the rows would write the row once and drop the other
+// silently.
 func TestTargetUpdateSameRowTwice(t *testing.T) {
 	db := pgtest.NewDB(t, "updtwice")
 	ctx := context.Background()
