@@ -52,7 +52,7 @@ const (
 //
 //	INSERT INTO t (cols) SELECT CAST(r.c0 AS type), ... FROM unnest($1::text[], ...) AS r(c0, ...)
 //	ON CONFLICT (pk) DO UPDATE SET c = excluded.c, ...
-//	DELETE FROM t USING jsonb_array_elements($1) AS k(v) WHERE t.pk = CAST(k.v->>0 AS type)
+//	DELETE FROM t USING unnest($1::text[], ...) AS k(c0, ...) WHERE t.pk = CAST(k.c0 AS type)
 //
 // Rows the source inserted (and rows of a table without a key) that
 // would be a plain INSERT of at least 200 rows go by COPY instead: in a
@@ -62,7 +62,7 @@ const (
 // Rows whose values are all JSON strings or null (pgoutput's) go as one
 // text array per column; rows with other JSON values as one JSON array
 // of arrays taken apart with ->>, so that the database casts the same text
-// either way.
+// either way. Keys go the same way.
 //
 // Only the last mutation of a key within one call counts (should the
 // folded statements violate a unique or exclusion constraint other than
@@ -1309,13 +1309,35 @@ func textArray(rows []row, col int) (string, error) {
 }
 
 // deleteKeys deletes the rows with the given primary keys in one
-// statement.
+// statement. Keys whose values are all JSON strings or null (pglogical's)
+// go as one text array per key column, joined by unnest, which costs the
+// server less than taking a JSON array apart; others as one JSON array of
+// arrays.
 func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys []json.RawMessage) error {
+	what := stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}
 	var conds []string
+	if rows, ok := splitKeys(info, keys); ok {
+		args := make([]any, len(info.pk))
+		var params, names []string
+		for n, i := range info.pk {
+			c := info.cols[i]
+			lit, err := textArray(rows, n)
+			if err != nil {
+				return errors.Wrapf(err, "pgstore: table %s: key column %q", info.table, c.name)
+			}
+			args[n] = lit
+			params = append(params, "$"+strconv.Itoa(n+1)+"::text[]")
+			names = append(names, "c"+strconv.Itoa(n))
+			// The base type: a cast to a shorter varchar(n) would
+			// truncate the key and match another row.
+			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.c"+strconv.Itoa(n)+" AS "+c.cast+")")
+		}
+		sql := "DELETE FROM " + info.ident + " AS t USING unnest(" + strings.Join(params, ", ") + ") AS k(" +
+			strings.Join(names, ", ") + ") WHERE " + strings.Join(conds, " AND ")
+		return q.exec(ctx, what, sql, args...)
+	}
 	for n, i := range info.pk {
 		c := info.cols[i]
-		// The base type: a cast to a shorter varchar(n) would truncate
-		// the key and match another row.
 		conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.cast+")")
 	}
 	sql := "DELETE FROM " + info.ident + " AS t USING jsonb_array_elements($1::jsonb) AS k(v) WHERE " +
@@ -1324,7 +1346,25 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	if err != nil {
 		return errors.Wrapf(err, "pgstore: table %s: encoding keys", info.table)
 	}
-	return q.exec(ctx, stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}, sql, string(buf))
+	return q.exec(ctx, what, sql, string(buf))
+}
+
+// splitKeys returns the values of keys (compact JSON arrays of the key
+// columns' values) as rows of the key columns, if they are all JSON
+// strings or null.
+func splitKeys(info *tableInfo, keys []json.RawMessage) ([]row, bool) {
+	n := len(info.pk)
+	slab := make([]json.RawMessage, 0, n*len(keys))
+	rows := make([]row, len(keys))
+	for k, key := range keys {
+		start := len(slab)
+		var ok bool
+		if slab, ok = splitFlatArray(key, slab); !ok || len(slab)-start != n {
+			return nil, false
+		}
+		rows[k] = row(slab[start:len(slab):len(slab)])
+	}
+	return rows, true
 }
 
 // quoteLiteral quotes s as an SQL string literal.
