@@ -100,12 +100,12 @@ func (d *rowDecoder) decodeRow(data []byte) (pglogrepl.Message, error) {
 	rel := binary.BigEndian.Uint32(buf[1:5])
 	switch typ {
 	case 'I':
-		m := d.insert()
+		m := carve(&d.ins)
 		m.RelationID, m.Tuple = rel, d.tuple(buf, 6, n1)
 		m.SetType(pglogrepl.MessageTypeInsert)
 		return m, nil
 	case 'U':
-		m := d.update()
+		m := carve(&d.upd)
 		m.RelationID = rel
 		at := 6
 		if kind == 'K' || kind == 'O' {
@@ -118,7 +118,7 @@ func (d *rowDecoder) decodeRow(data []byte) (pglogrepl.Message, error) {
 		m.SetType(pglogrepl.MessageTypeUpdate)
 		return m, nil
 	default:
-		m := d.delete()
+		m := carve(&d.del)
 		m.RelationID, m.OldTupleType, m.OldTuple = rel, kind, d.tuple(buf, 6, n1)
 		m.SetType(pglogrepl.MessageTypeDelete)
 		return m, nil
@@ -160,7 +160,7 @@ func scanTuple(data []byte, at int) (n, end int, err error) {
 // tuple builds the TupleData of n columns at buf[at:], checked by
 // scanTuple; its values alias buf.
 func (d *rowDecoder) tuple(buf []byte, at, n int) *pglogrepl.TupleData {
-	t := d.tupleData()
+	t := carve(&d.tups)
 	t.ColumnNum = uint16(n)
 	cols, ptrs := d.columns(n)
 	at += 2
@@ -212,38 +212,13 @@ func (d *rowDecoder) columns(n int) ([]pglogrepl.TupleDataColumn, []*pglogrepl.T
 	return cols, ptrs
 }
 
-func (d *rowDecoder) insert() *pglogrepl.InsertMessage {
-	if len(d.ins) == 0 {
-		d.ins = make([]pglogrepl.InsertMessage, msgChunk)
+// carve hands out the next element of chunk, a fresh chunk of msgChunk
+// elements once it is used up; what it handed out is never reused.
+func carve[T any](chunk *[]T) *T {
+	if len(*chunk) == 0 {
+		*chunk = make([]T, msgChunk)
 	}
-	m := &d.ins[0]
-	d.ins = d.ins[1:]
-	return m
-}
-
-func (d *rowDecoder) update() *pglogrepl.UpdateMessage {
-	if len(d.upd) == 0 {
-		d.upd = make([]pglogrepl.UpdateMessage, msgChunk)
-	}
-	m := &d.upd[0]
-	d.upd = d.upd[1:]
-	return m
-}
-
-func (d *rowDecoder) delete() *pglogrepl.DeleteMessage {
-	if len(d.del) == 0 {
-		d.del = make([]pglogrepl.DeleteMessage, msgChunk)
-	}
-	m := &d.del[0]
-	d.del = d.del[1:]
-	return m
-}
-
-func (d *rowDecoder) tupleData() *pglogrepl.TupleData {
-	if len(d.tups) == 0 {
-		d.tups = make([]pglogrepl.TupleData, msgChunk)
-	}
-	t := &d.tups[0]
-	d.tups = d.tups[1:]
-	return t
+	v := &(*chunk)[0]
+	*chunk = (*chunk)[1:]
+	return v
 }
