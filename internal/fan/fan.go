@@ -775,6 +775,17 @@ type laneRun[T comparable, M any] struct {
 // applyPartsLocked applies parts in one call: Apply for one table, else
 // ApplyMany. It releases q.mu around the call. The caller holds q.mu.
 func (q *Queue[T, M]) applyPartsLocked(ctx context.Context, parts []Part[T, M]) error {
+	if len(parts) == 1 {
+		return q.applyLocked(ctx, parts[0].Table, parts[0].Items, nil)
+	}
+	var none T
+	return q.applyLocked(ctx, none, nil, parts)
+}
+
+// applyLocked applies items to table, or many with ApplyMany if it is
+// set, timing the call when the queue samples it (see recordLocked). It
+// releases q.mu around the call. The caller holds q.mu.
+func (q *Queue[T, M]) applyLocked(ctx context.Context, table T, items []M, many []Part[T, M]) error {
 	q.applies++
 	timed := q.slow || q.lastSlow || q.applies%sampleEvery == 0
 	q.mu.Unlock()
@@ -783,10 +794,10 @@ func (q *Queue[T, M]) applyPartsLocked(ctx context.Context, parts []Part[T, M]) 
 		start = time.Now()
 	}
 	var err error
-	if len(parts) == 1 {
-		err = q.apply(ctx, parts[0].Table, parts[0].Items)
+	if many == nil {
+		err = q.apply(ctx, table, items)
 	} else {
-		err = q.applyMany(ctx, parts)
+		err = q.applyMany(ctx, many)
 	}
 	var took time.Duration
 	if timed {
@@ -934,22 +945,7 @@ func (q *Queue[T, M]) runLocked(ctx context.Context, ln *lane[T, M]) {
 					items = append(items, run[k].items...)
 				}
 			}
-			q.applies++
-			timed := q.slow || q.lastSlow || q.applies%sampleEvery == 0
-			q.mu.Unlock()
-			var start time.Time
-			if timed {
-				start = time.Now()
-			}
-			err = q.apply(ctx, ln.table, items)
-			var took time.Duration
-			if timed {
-				took = time.Since(start)
-			}
-			q.mu.Lock()
-			if timed {
-				q.recordLocked(took)
-			}
+			err = q.applyLocked(ctx, ln.table, items, nil)
 			if len(run) > 1 {
 				clear(items)
 			}
