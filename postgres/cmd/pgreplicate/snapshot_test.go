@@ -404,6 +404,50 @@ func TestSnapshotChaos(t *testing.T) {
 	assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
 }
 
+// TestSnapshotLostPoint starts pgreplicate on what a copy leaves when
+// the nested loop's point write after the last chunks fails (a fault, as
+// TestSnapshotChaos injects, or a stop): every chunk is marked done in
+// the Store, but the point lacks the last one and the table is not
+// recorded synced, as the round ended in an error. No round copies a
+// table whose chunks are all done, so the start itself must bring the
+// point up to the marks, without copying anything again.
+func TestSnapshotLostPoint(t *testing.T) {
+	n := snapshotRows(t, 20000)
+	r := fillBig(t, n)
+	stop, _ := runLogged(t, snapshotArgs(r, n))
+	pgtest.Eventually(t, 3*time.Minute, "the snapshot", func() bool {
+		done, all := chunksDone(t, r)
+		return all > 0 && done == all
+	})
+	waitEqual(t, r, 2*time.Minute, bigSummary)
+	require.Equal(t, 0, stop())
+	done := doneChunks(t, r)
+	require.Greater(t, len(done), 1)
+	require.Equal(t, done, backfillPoint(t, r))
+
+	// The point write of the last chunk fails, and the round with it.
+	short, err := json.Marshal(done[:len(done)-1])
+	require.NoError(t, err)
+	_, err = r.dst.Pool.Exec(t.Context(), `UPDATE _logical.memo SET value = $1 WHERE key = $2`, short, r.slot+".snapshot")
+	require.NoError(t, err)
+	r.dst.Exec(t, `UPDATE _logical.snapshot SET spec = jsonb_set(spec, '{synced}', 'false') WHERE chunk = -1`)
+	require.Equal(t, done[:len(done)-1], backfillPoint(t, r))
+	tried := attempts(t, r)
+
+	stop, log := runLogged(t, snapshotArgs(r, n))
+	pgtest.Eventually(t, time.Minute, "the nested point up to the marks", func() bool {
+		return len(backfillPoint(t, r)) == len(done)
+	})
+	pgtest.Eventually(t, time.Minute, "the table recorded synced", func() bool {
+		return query(t, r.dst, `SELECT count(*)::text FROM _logical.snapshot WHERE chunk = -1 AND (spec->>'synced')::bool`) == "1"
+	})
+	assert.Equal(t, 0, stop())
+	assert.Equal(t, done, backfillPoint(t, r), "the nested point holds every chunk done")
+	assert.Equal(t, tried, attempts(t, r), "no chunk is copied again")
+	assert.Contains(t, log.String(), "snapshot of table finished")
+	assert.NotContains(t, log.String(), "snapshot taken", "no round is opened for a table whose chunks are all done")
+}
+
 // snapshotKills returns how many kills came while the target's indexes
 // were dropped for the copy.
 func snapshotKills(t *testing.T, rows, kills int, create bool, flags ...string) (dropped int) {
