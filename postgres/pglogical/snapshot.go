@@ -109,7 +109,9 @@ const (
 // the Store's done mark, atomic with the rows, is what a resume trusts:
 // the nested point is persisted after the commit, and a crash in between
 // leaves a chunk done but not in the point (the next round puts it there
-// without copying it again). A chunk in the point but not marked done
+// without copying it again; when no chunk of the table is left to copy,
+// and so no round comes, the next start does, with a nested backfill
+// that copies nothing). A chunk in the point but not marked done
 // (a Store reset by hand) is copied again, which is exact, as every
 // chunk replaces its range unless its table is blank, and blankness (no
 // chunk done, and the target table just created or found empty, under
@@ -973,7 +975,8 @@ func (b *snapBackfill) BackfillInto(ctx context.Context, ch chan<- logical.Messa
 // Process implements logical.Dialect: Workers goroutines copy the chunks
 // from ch. A stop cancels the copies in flight (their transactions roll
 // back) and is an error: the chunks not done are copied by the next
-// round.
+// round. The chunks that committed before a stop or a failure still go
+// into the point.
 func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
 	// The copies run under wctx, which a stop or a failure cancels; the
 	// point is persisted under ctx, so that the chunks that committed
@@ -1088,8 +1091,9 @@ func (b *snapBackfill) persist(ctx context.Context, events logical.Events, finis
 	}
 }
 
-// work copies chunks from ch until it is closed, over a connection of its
-// own that sees the round's snapshot.
+// work copies chunks from ch until it is closed, with a worker from
+// open: by default over a connection of its own that sees the round's
+// snapshot.
 func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message) error {
 	open := b.open
 	if open == nil {
