@@ -109,7 +109,9 @@ const (
 // the Store's done mark, atomic with the rows, is what a resume trusts:
 // the nested point is persisted after the commit, and a crash in between
 // leaves a chunk done but not in the point (the next round puts it there
-// without copying it again). A chunk in the point but not marked done
+// without copying it again; when no chunk of the table is left to copy,
+// and so no round comes, the next start does, with a nested backfill
+// that copies nothing). A chunk in the point but not marked done
 // (a Store reset by hand) is copied again, which is exact, as every
 // chunk replaces its range unless its table is blank, and blankness (no
 // chunk done, and the target table just created or found empty, under
@@ -505,7 +507,45 @@ func (g *snapGate) load(ctx context.Context, p *processor) error {
 			return err
 		}
 	}
+	if err := g.finishCopied(ctx, p); err != nil {
+		return err
+	}
 	return g.poll(ctx, p)
+}
+
+// finishCopied finishes the copy of the tables whose chunks are all done
+// but whose round did not end: the nested backfill failed (or the
+// process stopped) after the last chunks committed and before their
+// point was persisted. No round would copy them again, so nothing else
+// would bring the nested point up to the marks: a nested backfill with
+// nothing to copy puts them there, and the tables are recorded synced.
+func (g *snapGate) finishCopied(ctx context.Context, p *processor) error {
+	var tables []*snapTable
+	var marked []string
+	for _, t := range g.tables {
+		if t.spec.Synced || t.chunks == nil || t.pending() {
+			continue
+		}
+		tables = append(tables, t)
+		for _, c := range t.chunks {
+			marked = append(marked, pieceName(t, c))
+		}
+	}
+	if len(tables) == 0 {
+		return nil
+	}
+	bf := &snapBackfill{g: g, p: p, kick: make(chan struct{}, 1), marked: logical.NewPieces(marked...)}
+	if err := p.events.Backfill(ctx, g.backfillName(), bf); err != nil {
+		return err
+	}
+	for _, t := range tables {
+		t.spec.Synced = true
+		if err := g.saveSpec(ctx, t); err != nil {
+			return err
+		}
+		g.log.WithField("table", t.name).Info("snapshot of table finished")
+	}
+	return nil
 }
 
 // addDeferredKey adds the primary key and the indexes that the copy of t
@@ -895,6 +935,10 @@ type snapBackfill struct {
 	r      *snapRound
 	jobs   []snapJob
 	marked *logical.Pieces // the chunks of the round's tables the Store had marked done
+	// open starts a worker: it returns what copies a chunk (committing
+	// its rows and done mark) and what releases the worker. Nil:
+	// openSnapshot. Tests replace it.
+	open func(ctx context.Context) (copyJob func(context.Context, snapJob) (int64, error), release func(), err error)
 
 	kick  chan struct{} // a chunk finished: wakes persist
 	mu    sync.Mutex    // guards total and todo
@@ -931,15 +975,20 @@ func (b *snapBackfill) BackfillInto(ctx context.Context, ch chan<- logical.Messa
 // Process implements logical.Dialect: Workers goroutines copy the chunks
 // from ch. A stop cancels the copies in flight (their transactions roll
 // back) and is an error: the chunks not done are copied by the next
-// round.
+// round. The chunks that committed before a stop or a failure still go
+// into the point.
 func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, events logical.Events) error {
-	ctx, cancel := context.WithCancel(ctx)
+	// The copies run under wctx, which a stop or a failure cancels; the
+	// point is persisted under ctx, so that the chunks that committed
+	// before a stop or a failed chunk still reach it (the grace period
+	// of a stop leaves time for that last write).
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
 		select {
 		case <-events.Stopping():
 			cancel()
-		case <-ctx.Done():
+		case <-wctx.Done():
 		}
 	}()
 	// A crash between a chunk's commit and the point that follows it
@@ -958,7 +1007,7 @@ func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, e
 	errs := make(chan error, workers)
 	for range workers {
 		go func() {
-			err := b.work(ctx, ch)
+			err := b.work(wctx, ch)
 			if err != nil {
 				cancel()
 			}
@@ -967,7 +1016,7 @@ func (b *snapBackfill) Process(ctx context.Context, ch <-chan logical.Message, e
 	}
 	var first error
 	if workers == 0 { // nothing to copy: done once the channel is closed
-		first = drain(ctx, ch)
+		first = drain(wctx, ch)
 	}
 	for range workers {
 		if err := <-errs; err != nil && first == nil {
@@ -1042,14 +1091,19 @@ func (b *snapBackfill) persist(ctx context.Context, events logical.Events, finis
 	}
 }
 
-// work copies chunks from ch until it is closed, over a connection of its
-// own that sees the round's snapshot.
+// work copies chunks from ch until it is closed, with a worker from
+// open: by default over a connection of its own that sees the round's
+// snapshot.
 func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message) error {
-	conn, err := b.g.snapshotConn(ctx, b.r)
+	open := b.open
+	if open == nil {
+		open = b.openSnapshot
+	}
+	copyJob, release, err := open(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn(conn.PgConn())
+	defer release()
 	for {
 		var m logical.Message
 		var ok bool
@@ -1065,12 +1119,25 @@ func (b *snapBackfill) work(ctx context.Context, ch <-chan logical.Message) erro
 		if !isJob {
 			continue // the rollback sentinel: the nested loop never restarts BackfillInto
 		}
-		n, err := b.g.copyChunk(ctx, b.p, conn, j.t, j.c, j.cols)
+		n, err := copyJob(ctx, j)
 		if err != nil {
 			return err
 		}
 		b.finished(n, pieceName(j.t, j.c))
 	}
+}
+
+// openSnapshot is the default open of snapBackfill: a worker copies over
+// a source connection of its own that imports the round's snapshot.
+func (b *snapBackfill) openSnapshot(ctx context.Context) (func(context.Context, snapJob) (int64, error), func(), error) {
+	conn, err := b.g.snapshotConn(ctx, b.r)
+	if err != nil {
+		return nil, nil, err
+	}
+	copyJob := func(ctx context.Context, j snapJob) (int64, error) {
+		return b.g.copyChunk(ctx, b.p, conn, j.t, j.c, j.cols)
+	}
+	return copyJob, func() { closeConn(conn.PgConn()) }, nil
 }
 
 // snapshotConn opens a source connection in a transaction that sees the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"sync"
 	"testing"
 
 	"github.com/logical-go/logical"
@@ -86,4 +87,77 @@ func TestSnapshotConfig(t *testing.T) {
 		assert.NotNil(t, got.Logger)
 		assert.Zero(t, given.Workers, "the caller's config is not changed")
 	})
+}
+
+// pointEvents is what snapBackfill.Process uses of the nested loop's
+// Events: its point and its stop. Like the loop's, SetConsistentPoint
+// fails once its context is cancelled.
+type pointEvents struct {
+	logical.Events // nil: Process calls nothing else
+	stopping       chan struct{}
+	mu             sync.Mutex
+	cp             *logical.Pieces
+}
+
+func (e *pointEvents) Stopping() <-chan struct{} { return e.stopping }
+
+func (e *pointEvents) GetConsistentPoint() (logical.Stamp, <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cp, nil
+}
+
+func (e *pointEvents) SetConsistentPoint(ctx context.Context, cp logical.Stamp) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cp = cp.(*logical.Pieces)
+	return nil
+}
+
+func (e *pointEvents) point() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cp.Names()
+}
+
+// TestSnapshotBackfillStop stops the nested backfill while a chunk
+// commits: the stop cancels the copy in flight only after its rows and
+// done mark committed. The point must still get the chunk (and the one
+// the Store had marked done before), or a copy that the stop ended with
+// every chunk done would leave the nested point short of the marks for
+// good: no later round copies a table whose chunks are all done.
+func TestSnapshotBackfillStop(t *testing.T) {
+	tbl := &snapTable{name: "public.t", schema: "public", rel: "t"}
+	c0, c1 := &snapChunk{n: 0, done: true}, &snapChunk{n: 1}
+	tbl.chunks = []*snapChunk{c0, c1}
+	ev := &pointEvents{stopping: make(chan struct{}), cp: logical.NewPieces()}
+	b := &snapBackfill{
+		g:      &snapGate{cfg: &SnapshotConfig{Workers: 2}},
+		kick:   make(chan struct{}, 1),
+		jobs:   []snapJob{{t: tbl, c: c1}},
+		marked: logical.NewPieces(pieceName(tbl, c0)),
+	}
+	b.open = func(context.Context) (func(context.Context, snapJob) (int64, error), func(), error) {
+		copyJob := func(ctx context.Context, j snapJob) (int64, error) {
+			// The commit is in; the stop comes and cancels the copy
+			// before the worker hands the chunk over.
+			close(ev.stopping)
+			<-ctx.Done()
+			return 7, nil
+		}
+		return copyJob, func() {}, nil
+	}
+	ch := make(chan logical.Message, len(b.jobs))
+	for _, j := range b.jobs {
+		ch <- j
+	}
+	close(ch)
+	err := b.Process(t.Context(), ch, ev)
+	require.Error(t, err, "a stop during the copy is an error, never a finished copy")
+	assert.Equal(t, []string{"public.t/0", "public.t/1"}, ev.point(),
+		"the point holds every chunk that committed before the stop")
+	assert.EqualValues(t, 7, b.total)
 }

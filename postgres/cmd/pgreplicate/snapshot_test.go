@@ -192,6 +192,14 @@ func copiedTwice(t *testing.T, r *replication) (int64, int) {
 	return rows, chunks
 }
 
+// copyFinished reports whether the copy of every table in the plan
+// finished: its table record says synced.
+func copyFinished(t *testing.T, r *replication) bool {
+	t.Helper()
+	return query(t, r.dst, `SELECT (count(*) > 0 AND bool_and(coalesce((spec->>'synced')::bool, false)))::text
+		FROM _logical.snapshot WHERE chunk = -1`) == "true"
+}
+
 // doneChunks returns the chunks the snapshot table marks done, as
 // "table/chunk".
 func doneChunks(t *testing.T, r *replication) []string {
@@ -394,6 +402,11 @@ func TestSnapshotChaos(t *testing.T) {
 		return all > 0 && done == all
 	})
 	got := waitEqual(t, r, 3*time.Minute, bigSummary)
+	// Every chunk marked done is not yet a finished copy: a fault can
+	// fail the round after the last commit, before the nested point
+	// holds it, and a stop could then come before the restart finishes
+	// the copy (the start after it would). Wait for the copy to end.
+	pgtest.Eventually(t, time.Minute, "the copy finished", func() bool { return copyFinished(t, r) })
 	twice, chunks := copiedTwice(t, r)
 	t.Logf("target: %s; %d rows in %d chunks copied more than once", got, twice, chunks)
 	assert.Equal(t, 0, stop())
@@ -402,6 +415,48 @@ func TestSnapshotChaos(t *testing.T) {
 	assert.NotZero(t, nested, "faults were injected into the nested backfill")
 	assert.Equal(t, doneChunks(t, r), backfillPoint(t, r), "the nested loop's point holds every chunk done")
 	assert.Equal(t, indexes, bigIndexes(t, r), "the target table has its indexes back")
+}
+
+// TestSnapshotLostPoint starts pgreplicate on what a copy leaves when
+// the nested loop's point write after the last chunks fails (a fault, as
+// TestSnapshotChaos injects, or a stop): every chunk is marked done in
+// the Store, but the point lacks the last one and the table is not
+// recorded synced, as the round ended in an error. No round copies a
+// table whose chunks are all done, so the start itself must bring the
+// point up to the marks, without copying anything again.
+func TestSnapshotLostPoint(t *testing.T) {
+	n := snapshotRows(t, 20000)
+	r := fillBig(t, n)
+	stop, _ := runLogged(t, snapshotArgs(r, n))
+	pgtest.Eventually(t, 3*time.Minute, "the snapshot", func() bool {
+		done, all := chunksDone(t, r)
+		return all > 0 && done == all
+	})
+	waitEqual(t, r, 2*time.Minute, bigSummary)
+	require.Equal(t, 0, stop())
+	done := doneChunks(t, r)
+	require.Greater(t, len(done), 1)
+	require.Equal(t, done, backfillPoint(t, r))
+
+	// The point write of the last chunk fails, and the round with it.
+	short, err := json.Marshal(done[:len(done)-1])
+	require.NoError(t, err)
+	_, err = r.dst.Pool.Exec(t.Context(), `UPDATE _logical.memo SET value = $1 WHERE key = $2`, short, r.slot+".snapshot")
+	require.NoError(t, err)
+	r.dst.Exec(t, `UPDATE _logical.snapshot SET spec = jsonb_set(spec, '{synced}', 'false') WHERE chunk = -1`)
+	require.Equal(t, done[:len(done)-1], backfillPoint(t, r))
+	tried := attempts(t, r)
+
+	stop, log := runLogged(t, snapshotArgs(r, n))
+	pgtest.Eventually(t, time.Minute, "the nested point up to the marks", func() bool {
+		return len(backfillPoint(t, r)) == len(done)
+	})
+	pgtest.Eventually(t, time.Minute, "the table recorded synced", func() bool { return copyFinished(t, r) })
+	assert.Equal(t, 0, stop())
+	assert.Equal(t, done, backfillPoint(t, r), "the nested point holds every chunk done")
+	assert.Equal(t, tried, attempts(t, r), "no chunk is copied again")
+	assert.Contains(t, log.String(), "snapshot of table finished")
+	assert.NotContains(t, log.String(), "snapshot taken", "no round is opened for a table whose chunks are all done")
 }
 
 // snapshotKills returns how many kills came while the target's indexes
