@@ -1151,21 +1151,7 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	sb.WriteString("SELECT ")
 	sb.WriteString(strings.Join(values, ", "))
 	if arrays {
-		sb.WriteString(" FROM unnest(")
-		for n := range cols {
-			if n > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteString("$" + strconv.Itoa(n+1) + "::text[]")
-		}
-		sb.WriteString(") AS r(")
-		for n := range cols {
-			if n > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteString("c" + strconv.Itoa(n))
-		}
-		sb.WriteString(")")
+		sb.WriteString(" FROM " + unnestFrom(len(cols), "r"))
 	} else {
 		sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
 	}
@@ -1201,13 +1187,9 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		}
 	}
 	if arrays {
-		args := make([]any, len(cols))
-		for n, i := range cols {
-			lit, err := textArray(rows, i)
-			if err != nil {
-				return errors.Wrapf(err, "pgstore: table %s: column %q", info.table, info.cols[i].name)
-			}
-			args[n] = lit
+		args, err := textArrays(info, rows, cols)
+		if err != nil {
+			return err
 		}
 		return q.exec(ctx, what, sql, args...)
 	}
@@ -1317,23 +1299,18 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 	what := stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}
 	var conds []string
 	if rows, ok := splitKeys(info, keys); ok {
-		args := make([]any, len(info.pk))
-		var params, names []string
+		args, err := textArrays(info, rows, info.pk)
+		if err != nil {
+			return err
+		}
 		for n, i := range info.pk {
 			c := info.cols[i]
-			lit, err := textArray(rows, n)
-			if err != nil {
-				return errors.Wrapf(err, "pgstore: table %s: key column %q", info.table, c.name)
-			}
-			args[n] = lit
-			params = append(params, "$"+strconv.Itoa(n+1)+"::text[]")
-			names = append(names, "c"+strconv.Itoa(n))
 			// The base type: a cast to a shorter varchar(n) would
 			// truncate the key and match another row.
 			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.c"+strconv.Itoa(n)+" AS "+c.cast+")")
 		}
-		sql := "DELETE FROM " + info.ident + " AS t USING unnest(" + strings.Join(params, ", ") + ") AS k(" +
-			strings.Join(names, ", ") + ") WHERE " + strings.Join(conds, " AND ")
+		sql := "DELETE FROM " + info.ident + " AS t USING " + unnestFrom(len(info.pk), "k") +
+			" WHERE " + strings.Join(conds, " AND ")
 		return q.exec(ctx, what, sql, args...)
 	}
 	for n, i := range info.pk {
@@ -1350,21 +1327,61 @@ func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys
 }
 
 // splitKeys returns the values of keys (compact JSON arrays of the key
-// columns' values) as rows of the key columns, if they are all JSON
-// strings or null.
+// columns' values) as rows of info's columns that hold only the key
+// columns, if the values are all JSON strings or null.
 func splitKeys(info *tableInfo, keys []json.RawMessage) ([]row, bool) {
-	n := len(info.pk)
-	slab := make([]json.RawMessage, 0, n*len(keys))
+	ncols := len(info.cols)
+	slab := make([]json.RawMessage, ncols*len(keys))
 	rows := make([]row, len(keys))
+	var vals []json.RawMessage
 	for k, key := range keys {
-		start := len(slab)
 		var ok bool
-		if slab, ok = splitFlatArray(key, slab); !ok || len(slab)-start != n {
+		if vals, ok = splitFlatArray(key, vals[:0]); !ok || len(vals) != len(info.pk) {
 			return nil, false
 		}
-		rows[k] = row(slab[start:len(slab):len(slab)])
+		r := row(slab[k*ncols : (k+1)*ncols : (k+1)*ncols])
+		for n, i := range info.pk {
+			r[i] = vals[n]
+		}
+		rows[k] = r
 	}
 	return rows, true
+}
+
+// unnestFrom returns "unnest($1::text[], ...) AS alias(c0, ...)" for n
+// text-array parameters: the rows of n columns.
+func unnestFrom(n int, alias string) string {
+	var sb strings.Builder
+	sb.WriteString("unnest(")
+	for i := range n {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("$" + strconv.Itoa(i+1) + "::text[]")
+	}
+	sb.WriteString(") AS " + alias + "(")
+	for i := range n {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("c" + strconv.Itoa(i))
+	}
+	sb.WriteString(")")
+	return sb.String()
+}
+
+// textArrays returns the values of columns cols of rows as one text-array
+// literal per column (textArray), the arguments of an unnestFrom.
+func textArrays(info *tableInfo, rows []row, cols []int) ([]any, error) {
+	args := make([]any, len(cols))
+	for n, i := range cols {
+		lit, err := textArray(rows, i)
+		if err != nil {
+			return nil, errors.Wrapf(err, "pgstore: table %s: column %q", info.table, info.cols[i].name)
+		}
+		args[n] = lit
+	}
+	return args, nil
 }
 
 // quoteLiteral quotes s as an SQL string literal.
