@@ -56,25 +56,16 @@ func FormatLSN(pos uint64) string {
 // appendLSN appends the text form of pos to buf. (fmt.Sprintf cost more
 // than the rest of recording a transaction's progress.)
 func appendLSN(buf []byte, pos uint64) []byte {
-	buf = appendHexUpper(buf, pos>>32)
+	start := len(buf)
+	buf = strconv.AppendUint(buf, pos>>32, 16)
 	buf = append(buf, '/')
-	return appendHexUpper(buf, uint64(uint32(pos)))
-}
-
-// appendHexUpper appends v in upper-case hexadecimal without leading zeros.
-func appendHexUpper(buf []byte, v uint64) []byte {
-	const digits = "0123456789ABCDEF"
-	var tmp [16]byte
-	i := len(tmp)
-	for {
-		i--
-		tmp[i] = digits[v&0xf]
-		v >>= 4
-		if v == 0 {
-			break
+	buf = strconv.AppendUint(buf, uint64(uint32(pos)), 16)
+	for i := start; i < len(buf); i++ {
+		if c := buf[i]; 'a' <= c && c <= 'f' {
+			buf[i] = c - 'a' + 'A'
 		}
 	}
-	return append(buf, tmp[i:]...)
+	return buf
 }
 
 // String returns the text form, "XXX/XXX".
