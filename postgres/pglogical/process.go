@@ -180,7 +180,7 @@ type relation struct {
 
 	// target is the target table, as p.target returned it when the
 	// relation arrived (the schema map and the loop's target schema do
-	// not change), for flush.
+	// not change), for flush and truncate.
 	target logical.Table
 }
 
@@ -697,11 +697,7 @@ func (p *processor) flush(ctx context.Context) error {
 	}
 	rel, muts := p.pendingRel, p.pending[:n:n]
 	p.pending, p.pendingBytes, p.pendingRel = p.pending[n:], 0, nil
-	target := rel.target
-	if target == (logical.Table{}) {
-		target = p.target(rel)
-	}
-	return p.batch.OnData(ctx, rel.source, target, muts)
+	return p.batch.OnData(ctx, rel.source, rel.target, muts)
 }
 
 // one returns m alone in a slice, carved like flush carves the queue
@@ -758,7 +754,7 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 	// source lists every table it cascaded to.)
 	tables := make([]logical.Table, len(rels))
 	for i, rel := range rels {
-		tables[i] = p.target(rel)
+		tables[i] = rel.target
 	}
 	meta := map[string]any{logical.MetaTruncate: true, logical.MetaTruncateTables: tables}
 	if m.Option&pglogrepl.TruncateOptionRestartIdentity != 0 {
@@ -766,7 +762,7 @@ func (p *processor) truncate(ctx context.Context, m *pglogrepl.TruncateMessage) 
 	}
 	for _, rel := range rels {
 		mut := logical.Mutation{Meta: meta, Time: p.begin.CommitTime}
-		if err := p.batch.OnData(ctx, rel.source, p.target(rel), []logical.Mutation{mut}); err != nil {
+		if err := p.batch.OnData(ctx, rel.source, rel.target, []logical.Mutation{mut}); err != nil {
 			return err
 		}
 	}
