@@ -50,7 +50,7 @@ func fillBig(t *testing.T, n int) *replication {
 
 // writer changes big until stopped: inserts, updates, deletes, a delete
 // and re-insert of the same key in one transaction, and swaps of the
-// UNIQUE value u between two rows in one transaction.
+// UNIQUE value u between two rows, in one transaction or in three.
 type writer struct {
 	stop chan struct{}
 	done chan struct{}
@@ -127,10 +127,11 @@ func (w *writer) run(r *replication, n int) error {
 				_, err = tx.Exec(ctx, `INSERT INTO big VALUES ($1, $2, 'again', $3)`, k, u, m+1)
 				return err
 			default:
-				// A swap of u between two rows, in three transactions
-				// (the last two below): a swap in one transaction is a
-				// streaming problem of its own, see bench/PG.md.
+				// A swap of u between two rows, through a negative value:
+				// every other one in one transaction, the others in three
+				// (the last two below).
 				op = "swap"
+				oneTx := rng.IntN(2) == 0
 				a, b := key(), key()
 				if a == b {
 					return nil
@@ -147,9 +148,17 @@ func (w *writer) run(r *replication, n int) error {
 					}
 					return err
 				}
-				swap.a, swap.b = a, b
-				_, err := tx.Exec(ctx, `UPDATE big SET u = $2 WHERE id = $1`, a, -swap.ua)
-				return err
+				if _, err := tx.Exec(ctx, `UPDATE big SET u = $2 WHERE id = $1`, a, -swap.ua); err != nil || !oneTx {
+					swap.a, swap.b = a, b
+					return err
+				}
+				op = "swap in one transaction"
+				for _, s := range []struct{ id, u int64 }{{b, swap.ua}, {a, swap.ub}} {
+					if _, err := tx.Exec(ctx, `UPDATE big SET u = $2 WHERE id = $1`, s.id, s.u); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
 		})
 		if err == nil && swap.a != 0 {
@@ -269,7 +278,7 @@ func TestSnapshot(t *testing.T) {
 		flags []string
 	}{
 		{"serial", nil},
-		// The writer swaps UNIQUE values across transactions; fan workers
+		// The writer swaps UNIQUE values between rows; fan workers
 		// keep only each key's order, so with several of them two rows of
 		// a swap can each wait for the other (a documented limit of
 		// --immediate): one worker keeps the source's order.
