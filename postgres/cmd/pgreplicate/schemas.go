@@ -39,12 +39,7 @@ func parseSchemaMap(s string) (map[string]string, error) {
 // per target schema: with --foreignKeys every table must land in one
 // schema, which becomes the loop's; without it, a target schema with
 // foreign keys among its tables is an error naming the flag.
-func planSchemas(ctx context.Context, o *options, schemaMap map[string]string, target *pgstore.Target) (string, error) {
-	conn, err := pgx.Connect(ctx, o.sourceConn)
-	if err != nil {
-		return "", fmt.Errorf("cannot reach the source database: %w", err)
-	}
-	defer conn.Close(context.Background())
+func planSchemas(ctx context.Context, conn *pgx.Conn, o *options, schemaMap map[string]string, target *pgstore.Target) (string, error) {
 	rows, err := conn.Query(ctx, `SELECT DISTINCT schemaname, tablename FROM pg_publication_tables
 		WHERE pubname = ANY ($1) ORDER BY 1, 2`, strings.Split(o.publication, ","))
 	if err != nil {
@@ -61,6 +56,7 @@ func planSchemas(ctx context.Context, o *options, schemaMap map[string]string, t
 		dst := logical.Table{Schema: pglogical.TargetSchema(schema, schemaMap, o.targetSchema), Name: name}
 		src := schema + "." + name
 		if other, ok := sources[dst]; ok {
+			rows.Close()
 			return "", fmt.Errorf("source tables %s and %s would both be written to %s; map their schemas apart with --schemaMap", other, src, dst)
 		}
 		sources[dst] = src
