@@ -1498,6 +1498,22 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 	return info, nil
 }
 
+// Preload reads what the catalog says about each of tables, one after
+// another, into the cache that writes use, so that the first write to a
+// table need not wait for it (pgreplicate runs it in the background while
+// it starts). Errors are ignored: a table that could not be read is read
+// by its first write, which reports the error (a missing table, say) as
+// it would have without Preload. A write that meets a table being read
+// waits for that read.
+func (t *Target) Preload(ctx context.Context, tables []logical.Table) {
+	for _, table := range tables {
+		if ctx.Err() != nil {
+			return
+		}
+		_, _ = t.info(ctx, table, false)
+	}
+}
+
 // Forget drops what the target knows about every table, so that the next
 // write reads the catalog again (after DDL, for example).
 func (t *Target) Forget() {

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/logical-go/logical"
 	"github.com/logical-go/logical/postgres/pgstore"
 )
 
@@ -18,10 +19,10 @@ import (
 // --createSlot) or a slot of another plugin or database, or that is the
 // target database itself. Over the same connection it then plans the
 // target tables (planSchemas) and returns the loop's target schema.
-func checkSource(ctx context.Context, o *options, pool *pgxpool.Pool, schemaMap map[string]string, target *pgstore.Target) (string, error) {
+func checkSource(ctx context.Context, o *options, pool *pgxpool.Pool, schemaMap map[string]string, target *pgstore.Target) (string, []logical.Table, error) {
 	cfg, err := pgx.ParseConfig(o.sourceConn)
 	if err != nil {
-		return "", errors.New("--sourceConn cannot be parsed")
+		return "", nil, errors.New("--sourceConn cannot be parsed")
 	}
 	// Every query here runs once: unprepared, each is one round trip
 	// instead of two.
@@ -29,13 +30,13 @@ func checkSource(ctx context.Context, o *options, pool *pgxpool.Pool, schemaMap 
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		if isLoginRefused(err) {
-			return "", fmt.Errorf("the source database refused the login (check the user and password of --sourceConn): %w", err)
+			return "", nil, fmt.Errorf("the source database refused the login (check the user and password of --sourceConn): %w", err)
 		}
-		return "", fmt.Errorf("cannot reach the source database: %w", err)
+		return "", nil, fmt.Errorf("cannot reach the source database: %w", err)
 	}
 	defer conn.Close(context.Background())
 	if err := checkSourceConn(ctx, conn, o, pool); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	return planSchemas(ctx, conn, o, schemaMap, target)
 }

@@ -279,10 +279,11 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	target := pgstore.NewTarget(pool)
 	schemaMap, _ := parseSchemaMap(o.schemaMap)
 	var loopSchema string
+	var tables []logical.Table
 	checked := make(chan error, 1)
 	go func() {
 		var err error
-		loopSchema, err = checkSource(setupCtx, o, pool, schemaMap, target)
+		loopSchema, tables, err = checkSource(setupCtx, o, pool, schemaMap, target)
 		checked <- err
 	}()
 	if err := pool.Ping(setupCtx); err != nil {
@@ -297,6 +298,18 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		return err
 	}
 	log.WithField("elapsed", time.Since(began)).Debug("checked the source and the target")
+	// The first writes need the target tables' columns; read them while
+	// the rest is set up.
+	preloadCtx, stopPreload := context.WithCancel(ctx)
+	preloaded := make(chan struct{})
+	go func() {
+		defer close(preloaded)
+		target.Preload(preloadCtx, tables)
+	}()
+	defer func() {
+		stopPreload()
+		<-preloaded
+	}()
 	if o.createSlot {
 		created, err := pglogical.CreateSlot(setupCtx, o.sourceConn, o.slot)
 		if err != nil {
