@@ -18,14 +18,21 @@ import (
 func TestPreload(t *testing.T) {
 	db := pgtest.NewDB(t, "preload")
 	ctx := context.Background()
-	db.Exec(t, `CREATE TABLE here (k INT PRIMARY KEY, v TEXT)`)
+	db.Exec(t, `CREATE TABLE here (k INT PRIMARY KEY, v TEXT)`, `CREATE SCHEMA other`,
+		`CREATE TABLE other.there (k INT PRIMARY KEY)`, `CREATE TABLE other.here (x INT PRIMARY KEY)`)
 	target := NewTarget(db.Pool)
 	here := logical.Table{Schema: "public", Name: "here"}
 	later := logical.Table{Schema: "public", Name: "later"}
 	gone := logical.Table{Schema: "public", Name: "gone"}
-	target.Preload(ctx, []logical.Table{here, later, gone})
+	there := logical.Table{Schema: "other", Name: "there"}
+	target.Preload(ctx, []logical.Table{here, later, gone, there})
 	target.mu.RLock()
 	assert.NotNil(t, target.tables[here], "read ahead")
+	assert.NotNil(t, target.tables[there], "read ahead")
+	assert.Len(t, target.tables, 2, "not other.here, which was not asked for")
+	if info := target.tables[here]; assert.NotNil(t, info) {
+		assert.Len(t, info.cols, 2, "the columns of public.here only")
+	}
 	assert.Nil(t, target.tables[later], "no description of a missing table")
 	assert.Empty(t, target.loading)
 	target.mu.RUnlock()
