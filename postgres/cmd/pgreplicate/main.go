@@ -298,18 +298,6 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		return err
 	}
 	log.WithField("elapsed", time.Since(began)).Debug("checked the source and the target")
-	// The first writes need the target tables' columns; read them while
-	// the rest is set up.
-	preloadCtx, stopPreload := context.WithCancel(ctx)
-	preloaded := make(chan struct{})
-	go func() {
-		defer close(preloaded)
-		target.Preload(preloadCtx, tables)
-	}()
-	defer func() {
-		stopPreload()
-		<-preloaded
-	}()
 	if o.createSlot {
 		created, err := pglogical.CreateSlot(setupCtx, o.sourceConn, o.slot)
 		if err != nil {
@@ -347,6 +335,27 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		}
 	}
 	dcfg.Preconnection = pre
+	// The first writes need the columns of the target tables (and of the
+	// progress table); read them while the loop starts. Not with
+	// --snapshot: it creates tables and puts off their primary keys
+	// before the first writes to them, and the cache would keep what the
+	// catalog said before.
+	if dcfg.Progress != nil {
+		tables = append(tables, dcfg.Progress.Table())
+	}
+	if o.snap.enabled {
+		tables = nil
+	}
+	preloadCtx, stopPreload := context.WithCancel(ctx)
+	preloaded := make(chan struct{})
+	go func() {
+		defer close(preloaded)
+		target.Preload(preloadCtx, tables)
+	}()
+	defer func() {
+		stopPreload()
+		<-preloaded
+	}()
 	log.WithField("elapsed", time.Since(began)).Debug("set up the staging tables")
 	d, err := pglogical.New(dcfg)
 	if err != nil {
