@@ -20,9 +20,9 @@ import (
 // TestStartupTime measures how long pgreplicate takes from its start to
 // the first row of a backlog appearing in the target, and to catching up
 // on the whole backlog, for the binary of this tree and, when
-// LOGICAL_STARTUP_BASELINE names one, for another binary (built from
-// another commit) in the same run, alternating between them. It is a
-// measurement, not a check, and runs only when asked:
+// LOGICAL_STARTUP_BASELINE names one (or several, separated by commas),
+// for other binaries (built from other commits) in the same run, taking
+// turns. It is a measurement, not a check, and runs only when asked:
 //
 //	LOGICAL_STARTUP_BENCH=1 LOGICAL_STARTUP_BASELINE=/tmp/pgreplicate-main \
 //	    .ci/with-postgres bash -c 'cd postgres && go test -v -count=1 -run TestStartupTime ./cmd/pgreplicate'
@@ -40,8 +40,14 @@ func TestStartupTime(t *testing.T) {
 	txns := envInt(t, "LOGICAL_STARTUP_TXNS", 200)
 	trace := os.Getenv("LOGICAL_STARTUP_TRACE") != ""
 	bins := []struct{ name, path string }{{"this", build(t)}}
-	if base := os.Getenv("LOGICAL_STARTUP_BASELINE"); base != "" {
-		bins = append(bins, struct{ name, path string }{"baseline", base})
+	if list := os.Getenv("LOGICAL_STARTUP_BASELINE"); list != "" {
+		for i, base := range strings.Split(list, ",") {
+			name := "baseline"
+			if i > 0 {
+				name = fmt.Sprintf("baseline%d", i+1)
+			}
+			bins = append(bins, struct{ name, path string }{name, base})
+		}
 	}
 
 	ddl := []string{`CREATE TABLE kv (k INT PRIMARY KEY, v TEXT)`, `CREATE TABLE kv2 (k INT PRIMARY KEY, v TEXT)`}
@@ -125,12 +131,12 @@ func TestStartupTime(t *testing.T) {
 	var out strings.Builder
 	fmt.Fprintf(&out, "medians of %d runs, backlog of %d transactions x 2 rows:\n", runs, txns)
 	for _, b := range bins {
-		fmt.Fprintf(&out, "  %-8s first row %7.1f ms, caught up %7.1f ms\n", b.name,
-			ms(med(first[b.name])), ms(med(caught[b.name])))
+		fmt.Fprintf(&out, "  %-9s first row %7.1f ms, caught up %7.1f ms  %s\n", b.name,
+			ms(med(first[b.name])), ms(med(caught[b.name])), b.path)
 	}
-	if len(bins) == 2 {
-		fmt.Fprintf(&out, "  this/baseline: first row %.2fx, caught up %.2fx\n",
-			ms(med(first["this"]))/ms(med(first["baseline"])), ms(med(caught["this"]))/ms(med(caught["baseline"])))
+	for _, b := range bins[1:] {
+		fmt.Fprintf(&out, "  this/%s: first row %.2fx, caught up %.2fx\n", b.name,
+			ms(med(first["this"]))/ms(med(first[b.name])), ms(med(caught["this"]))/ms(med(caught[b.name])))
 	}
 	t.Log("\n" + out.String())
 }
