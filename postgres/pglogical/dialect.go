@@ -140,6 +140,11 @@ type Config struct {
 	// published tables (and of tables that join later) and follow added
 	// columns; see SnapshotConfig.
 	Snapshot *SnapshotConfig
+
+	// Preconnection, if set, is a replication connection to SourceConn
+	// opened ahead of time (see Preconnect) that the first ReadInto uses
+	// instead of connecting, if it is still good.
+	Preconnection *Preconnection
 }
 
 // Dialect is a logical.Dialect over a pgoutput replication slot. Create it
@@ -272,7 +277,11 @@ func (d *Dialect) ReadInto(ctx context.Context, ch chan<- logical.Message, state
 		}
 		return err
 	}
-	conn, err := d.connect(startCtx)
+	conn := d.cfg.Preconnection.take(startCtx, d.cfg.SourceConn)
+	var err error
+	if conn == nil {
+		conn, err = d.connect(startCtx)
+	}
 	if err != nil {
 		if stopping() {
 			return nil
@@ -509,8 +518,6 @@ func fromBuffer(before, after, size int) bool {
 	return before >= n && after == before-n
 }
 
-// connect opens a replication connection to the source. Errors never
-// contain the connection string.
 // slotBusyWait is how long ReadInto keeps trying to start a slot that
 // another connection still holds (SQLSTATE 55006, object in use): the
 // walsender of this dialect's previous session needs a moment to exit
@@ -542,8 +549,15 @@ func startSlot(ctx context.Context, conn *pgconn.PgConn, slot string, start uint
 	}
 }
 
+// connect opens a replication connection to the source. Errors never
+// contain the connection string.
 func (d *Dialect) connect(ctx context.Context) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(d.cfg.SourceConn)
+	return connectSource(ctx, d.cfg.SourceConn)
+}
+
+// connectSource opens a replication connection to sourceConn.
+func connectSource(ctx context.Context, sourceConn string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(sourceConn)
 	if err != nil {
 		return nil, errors.New("pglogical: the source connection string cannot be parsed")
 	}

@@ -428,7 +428,11 @@ func (d *sentinelDialect) ZeroStamp() logical.Stamp { return &LSN{} }
 // TestProcessIdleCommitsAtOnce: a single transaction on an idle source
 // (nothing queued behind it) commits its group as soon as its Commit was
 // read, with no timer involved: PointEvery is an hour and Process keeps
-// running, waiting for the next message.
+// running, waiting for the next message. The group is committed before
+// Process reads again: the unbuffered send of one more message (the
+// relation again, which changes nothing) returns only once Process is
+// back at its receive, and by then the commit must have happened, so a
+// commit put off to any timer, however short, fails the test.
 func TestProcessIdleCommitsAtOnce(t *testing.T) {
 	d := testDialect(t, Config{PointEvery: time.Hour})
 	ev := newFakeEvents(true, 0)
@@ -437,14 +441,14 @@ func TestProcessIdleCommitsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { done <- d.Process(ctx, ch, ev) }()
-	for _, m := range concat([]logical.Message{testRel}, txn(0x100, 1)) {
+	for _, m := range concat([]logical.Message{testRel}, txn(0x100, 1), []logical.Message{testRel}) {
 		ch <- m
 	}
 	select {
 	case got := <-ev.committs:
 		assert.Equal(t, "group 1", got)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the transaction was not committed while the source was idle")
+	default:
+		t.Fatal("Process read on before it committed the transaction of an idle source")
 	}
 	close(ev.stopping)
 	select {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,8 +27,10 @@ type walsender struct {
 	// reply with a keepalive, as a live server does.
 	answerPings bool
 
-	started chan string // START_REPLICATION commands
-	updates chan statusUpdate
+	started    chan string  // START_REPLICATION commands
+	accepted   atomic.Int32 // connections accepted
+	terminated atomic.Int32 // of them closed by the client before START_REPLICATION
+	updates    chan statusUpdate
 
 	mu      sync.Mutex
 	backend *pgproto3.Backend
@@ -72,6 +75,7 @@ func (w *walsender) accept() {
 		if err != nil {
 			return
 		}
+		w.accepted.Add(1)
 		w.serve(conn)
 	}
 }
@@ -92,6 +96,10 @@ func (w *walsender) serve(conn net.Conn) {
 	}
 	msg, err := be.Receive()
 	if err != nil {
+		return
+	}
+	if _, ok := msg.(*pgproto3.Terminate); ok {
+		w.terminated.Add(1) // a client that closed before streaming
 		return
 	}
 	q, ok := msg.(*pgproto3.Query)

@@ -37,20 +37,23 @@ func TableIdent(t logical.Table) string {
 }
 
 // ensureSchema creates schema and then runs each of ddl (CREATE ... IF NOT
-// EXISTS statements). Two processes racing to create the same object may
-// see a unique violation from the catalog; that is retried once.
+// EXISTS statements), all in one round trip: one simple-protocol query,
+// which the server runs as one transaction. Two processes racing to create
+// the same object may see a unique violation from the catalog; the whole
+// query is then retried, up to twice.
 func ensureSchema(ctx context.Context, pool *pgxpool.Pool, schema string, ddl ...string) error {
 	stmts := append([]string{"CREATE SCHEMA IF NOT EXISTS " + Ident(schema)}, ddl...)
-	for _, stmt := range stmts {
-		var err error
-		for attempt := 0; attempt < 3; attempt++ {
-			if _, err = pool.Exec(ctx, stmt); err == nil || !isCatalogRace(err) {
-				break
-			}
+	sql := strings.Join(stmts, ";\n")
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		// No arguments: pgx sends it with the simple protocol, which
+		// allows several statements.
+		if _, err = pool.Exec(ctx, sql); err == nil || !isCatalogRace(err) {
+			break
 		}
-		if err != nil {
-			return errors.Wrapf(err, "pgstore: creating objects in schema %s", schema)
-		}
+	}
+	if err != nil {
+		return errors.Wrapf(err, "pgstore: creating objects in schema %s", schema)
 	}
 	return nil
 }

@@ -39,6 +39,36 @@ func TestMemo(t *testing.T) {
 	assert.Equal(t, "v", string(got))
 }
 
+// TestStagingTablesConcurrently: processes that start together and create
+// the same staging schema and tables (each constructor in one round trip)
+// all succeed.
+func TestStagingTablesConcurrently(t *testing.T) {
+	db := pgtest.NewDB(t, "staging")
+	ctx := context.Background()
+	const n = 8
+	errs := make(chan error, 3*n)
+	for range n {
+		go func() {
+			_, err := pgstore.NewMemo(ctx, db.Pool, "race")
+			errs <- err
+		}()
+		go func() {
+			_, err := pgstore.NewProgress(ctx, db.Pool, "race")
+			errs <- err
+		}()
+		go func() {
+			_, err := pgstore.NewLeases(ctx, db.Pool, "race", time.Second, "")
+			errs <- err
+		}()
+	}
+	for range 3 * n {
+		require.NoError(t, <-errs)
+	}
+	var tables int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = 'race'`).Scan(&tables))
+	assert.Equal(t, 3, tables)
+}
+
 func TestLeases(t *testing.T) {
 	db := pgtest.NewDB(t, "lease")
 	ctx := context.Background()

@@ -1442,8 +1442,34 @@ func (t *Target) forget(table logical.Table) {
 // for a table without one its replica-identity index (REPLICA IDENTITY
 // USING INDEX, which pg_dump keeps); a table with neither has no key.
 func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo, error) {
+	infos, err := t.readInfos(ctx, []logical.Table{table})
+	if err != nil {
+		return nil, err
+	}
+	if infos[table] == nil {
+		return nil, errors.Errorf("pgstore: target table %s does not exist", table)
+	}
+	return infos[table], nil
+}
+
+// readInfos is readInfo for several tables in one query; a table that
+// does not exist has no entry. The query filters with = ANY over the
+// schemas and over the names, keeping the joins of a one-table lookup
+// (driving it from unnest of the pairs made the server plan it for longer
+// than the per-table queries took), and drops the pairs not asked for.
+func (t *Target) readInfos(ctx context.Context, tables []logical.Table) (map[logical.Table]*tableInfo, error) {
+	what := fmt.Sprint(tables[0])
+	if len(tables) > 1 {
+		what = fmt.Sprintf("%d tables", len(tables))
+	}
+	schemas, names := make([]string, len(tables)), make([]string, len(tables))
+	asked := make(map[logical.Table]bool, len(tables))
+	for i, table := range tables {
+		schemas[i], names[i] = table.Schema, table.Name
+		asked[table] = true
+	}
 	rows, err := t.pool.Query(ctx, `
-		SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+		SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
 		       quote_ident(bn.nspname) || '.' || quote_ident(bt.typname),
 		       a.atttypmod >= 0 OR (ty.typtype = 'd' AND ty.typtypmod >= 0),
 		       (a.atttypmod >= 0 OR (ty.typtype = 'd' AND ty.typtypmod >= 0))
@@ -1466,19 +1492,29 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 		        SELECT i.indkey FROM pg_catalog.pg_index i
 		         WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)
 		         ORDER BY i.indisprimary DESC LIMIT 1) k ON true
-		 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+		 WHERE n.nspname = ANY ($1::name[]) AND c.relname = ANY ($2::name[]) AND c.relkind IN ('r', 'p')
 		   AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-		 ORDER BY a.attnum`, table.Schema, table.Name)
+		 ORDER BY n.nspname, c.relname, a.attnum`, schemas, names)
 	if err != nil {
-		return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", table)
+		return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", what)
 	}
-	info := &tableInfo{table: table, ident: TableIdent(table), byName: make(map[string]int)}
+	infos := make(map[logical.Table]*tableInfo, len(tables))
 	for rows.Next() {
+		var table logical.Table
 		var c column
 		var tableCopyIn bool
-		if err := rows.Scan(&c.name, &c.typ, &c.cast, &c.typmod, &c.check, &c.always, &c.pk, &c.copyIn, &tableCopyIn); err != nil {
+		if err := rows.Scan(&table.Schema, &table.Name, &c.name, &c.typ, &c.cast, &c.typmod, &c.check, &c.always, &c.pk,
+			&c.copyIn, &tableCopyIn); err != nil {
 			rows.Close()
-			return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", table)
+			return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", what)
+		}
+		if !asked[table] {
+			continue // a schema and a name asked for, but not together
+		}
+		info := infos[table]
+		if info == nil {
+			info = &tableInfo{table: table, ident: TableIdent(table), byName: make(map[string]int)}
+			infos[table] = info
 		}
 		info.byName[c.name] = len(info.cols)
 		if c.pk {
@@ -1490,12 +1526,52 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 		info.cols = append(info.cols, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", table)
+		return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", what)
 	}
-	if len(info.cols) == 0 {
-		return nil, errors.Errorf("pgstore: target table %s does not exist", table)
+	return infos, nil
+}
+
+// Preload reads what the catalog says about tables, in one query, into
+// the cache that writes use, so that the first write to a table need not
+// wait for it (pgreplicate runs it in the background while it starts). A
+// write that meets a table being read waits for that read and gets its
+// result; a table that does not exist is not cached, so its first write
+// after the read reads the catalog again (and names the table if it is
+// still missing). Tables already cached or being read are skipped.
+func (t *Target) Preload(ctx context.Context, tables []logical.Table) {
+	calls := make(map[logical.Table]*infoCall, len(tables))
+	var read []logical.Table
+	t.mu.Lock()
+	for _, table := range tables {
+		if t.tables[table] != nil || t.loading[table] != nil || calls[table] != nil {
+			continue
+		}
+		c := &infoCall{done: make(chan struct{})}
+		t.loading[table] = c
+		calls[table] = c
+		read = append(read, table)
 	}
-	return info, nil
+	t.mu.Unlock()
+	if len(read) == 0 {
+		return
+	}
+	infos, err := t.readInfos(ctx, read)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, table := range read {
+		c := calls[table]
+		delete(t.loading, table)
+		switch info := infos[table]; {
+		case err != nil:
+			c.err = err
+		case info == nil:
+			c.err = errors.Errorf("pgstore: target table %s does not exist", table)
+		default:
+			c.info = info
+			t.tables[table] = info
+		}
+		close(c.done)
+	}
 }
 
 // Forget drops what the target knows about every table, so that the next

@@ -104,6 +104,12 @@ func TestBadConfigurationExits(t *testing.T) {
 		{"target is the source", func(t *testing.T) []string {
 			return withArg(base, "--targetConn", pgtest.WithParam(t, r.src.URL, "application_name", "other"))
 		}, "--targetConn names the source database itself"},
+		{"target unreachable, and a publication missing", func(t *testing.T) []string {
+			// The source is checked while the target is reached; the
+			// target's problem is still the one named.
+			return withArg(withArg(base, "--targetConn", "postgres://u:hunter2@127.0.0.1:1/a?connect_timeout=5"),
+				"--publicationName", "nopub")
+		}, "cannot reach the target database"},
 		{"source without wal_level=logical", func(t *testing.T) []string {
 			c := pgtest.NewCluster(t, "-c", "wal_level=replica")
 			src := c.NewDB(t, "src")
@@ -121,6 +127,9 @@ func TestBadConfigurationExits(t *testing.T) {
 	}
 	// None of this left a memo or slot behind that a correct run would trip over.
 	assert.Equal(t, "0", query(t, r.src, `SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = $1`, r.slot))
+	// Nothing is written before every check passed: the staging tables
+	// were not created in the source ("target is the source").
+	assert.Equal(t, "0", query(t, r.src, `SELECT count(*)::text FROM pg_namespace WHERE nspname = '_logical'`))
 }
 
 // TestBadTargetRetries: a target that lacks a table or column, or has a

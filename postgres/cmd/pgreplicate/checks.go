@@ -9,22 +9,40 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/logical-go/logical"
+	"github.com/logical-go/logical/postgres/pgstore"
 )
 
 // checkSource refuses to start with a configuration that cannot fix
 // itself: a source that is unreachable or refuses the login, that cannot
 // decode logically, lacks a publication, has no slot (without
 // --createSlot) or a slot of another plugin or database, or that is the
-// target database itself.
-func checkSource(ctx context.Context, o *options, target *pgxpool.Pool) error {
-	conn, err := pgx.Connect(ctx, o.sourceConn)
+// target database itself. Over the same connection it then plans the
+// target tables (planSchemas) and returns the loop's target schema.
+func checkSource(ctx context.Context, o *options, pool *pgxpool.Pool, schemaMap map[string]string, target *pgstore.Target) (string, []logical.Table, error) {
+	cfg, err := pgx.ParseConfig(o.sourceConn)
+	if err != nil {
+		return "", nil, errors.New("--sourceConn cannot be parsed")
+	}
+	// Every query here runs once: unprepared, each is one round trip
+	// instead of two.
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		if isLoginRefused(err) {
-			return fmt.Errorf("the source database refused the login (check the user and password of --sourceConn): %w", err)
+			return "", nil, fmt.Errorf("the source database refused the login (check the user and password of --sourceConn): %w", err)
 		}
-		return fmt.Errorf("cannot reach the source database: %w", err)
+		return "", nil, fmt.Errorf("cannot reach the source database: %w", err)
 	}
 	defer conn.Close(context.Background())
+	if err := checkSourceConn(ctx, conn, o, pool); err != nil {
+		return "", nil, err
+	}
+	return planSchemas(ctx, conn, o, schemaMap, target)
+}
+
+// checkSourceConn is checkSource over conn.
+func checkSourceConn(ctx context.Context, conn *pgx.Conn, o *options, target *pgxpool.Pool) error {
 	if err := checkNotSame(ctx, conn, target); err != nil {
 		return err
 	}
@@ -46,7 +64,7 @@ func checkSource(ctx context.Context, o *options, target *pgxpool.Pool) error {
 	}
 	var plugin, slotType, database *string
 	var here bool
-	err = conn.QueryRow(ctx, `SELECT plugin, slot_type, database, database = current_database()
+	err := conn.QueryRow(ctx, `SELECT plugin, slot_type, database, database = current_database()
 		FROM pg_replication_slots WHERE slot_name = $1`, o.slot).Scan(&plugin, &slotType, &database, &here)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):

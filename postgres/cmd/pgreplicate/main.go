@@ -238,8 +238,6 @@ func oneLine(err error) string {
 	return strings.ReplaceAll(strings.Join(lines, " "), ": ;", ";")
 }
 
-// replicate sets everything up, runs the loop until ctx is cancelled and
-// stops it gracefully.
 // defaultFanShards is the default of --fanShards: the number of CPUs,
 // within [2, logical.DefaultFanShards]. Each shard is a target connection
 // that applies one auto-committed statement at a time; more of them than
@@ -249,7 +247,15 @@ func defaultFanShards() int {
 	return min(max(runtime.NumCPU(), 2), logical.DefaultFanShards)
 }
 
+// replicate sets everything up, runs the loop until ctx is cancelled and
+// stops it gracefully.
+//
+// Setting up overlaps what does not depend on each other: the replication
+// connection is opened, and the source checked, while the target is
+// reached. Errors are reported in the order of the steps (the target's
+// first), and nothing is written anywhere until every check passed.
 func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
+	began := time.Now()
 	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 
@@ -263,21 +269,35 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		return fmt.Errorf("target database: %w", err)
 	}
 	defer pool.Close()
+	// With a lease the first ReadInto may be far off, and the connection
+	// would hold a walsender meanwhile.
+	var pre *pglogical.Preconnection
+	if o.lease == 0 {
+		pre = pglogical.Preconnect(o.sourceConn)
+		defer pre.Close()
+	}
+	target := pgstore.NewTarget(pool)
+	schemaMap, _ := parseSchemaMap(o.schemaMap)
+	var loopSchema string
+	var tables []logical.Table
+	checked := make(chan error, 1)
+	go func() {
+		var err error
+		loopSchema, tables, err = checkSource(setupCtx, o, pool, schemaMap, target)
+		checked <- err
+	}()
 	if err := pool.Ping(setupCtx); err != nil {
+		cancel()
+		<-checked
 		if isLoginRefused(err) {
 			return fmt.Errorf("the target database refused the login (check the user and password of --targetConn): %w", err)
 		}
 		return fmt.Errorf("cannot reach the target database: %w", err)
 	}
-	if err := checkSource(setupCtx, o, pool); err != nil {
+	if err := <-checked; err != nil {
 		return err
 	}
-	target := pgstore.NewTarget(pool)
-	schemaMap, _ := parseSchemaMap(o.schemaMap)
-	loopSchema, err := planSchemas(setupCtx, o, schemaMap, target)
-	if err != nil {
-		return err
-	}
+	log.WithField("elapsed", time.Since(began)).Debug("checked the source and the target")
 	if o.createSlot {
 		created, err := pglogical.CreateSlot(setupCtx, o.sourceConn, o.slot)
 		if err != nil {
@@ -314,6 +334,29 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 			return err
 		}
 	}
+	dcfg.Preconnection = pre
+	// The first writes need the columns of the target tables (and of the
+	// progress table); read them while the loop starts. Not with
+	// --snapshot: it creates tables and puts off their primary keys
+	// before the first writes to them, and the cache would keep what the
+	// catalog said before.
+	if dcfg.Progress != nil {
+		tables = append(tables, dcfg.Progress.Table())
+	}
+	if o.snap.enabled {
+		tables = nil
+	}
+	preloadCtx, stopPreload := context.WithCancel(ctx)
+	preloaded := make(chan struct{})
+	go func() {
+		defer close(preloaded)
+		target.Preload(preloadCtx, tables)
+	}()
+	defer func() {
+		stopPreload()
+		<-preloaded
+	}()
+	log.WithField("elapsed", time.Since(began)).Debug("set up the staging tables")
 	d, err := pglogical.New(dcfg)
 	if err != nil {
 		return err
@@ -364,8 +407,8 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 		_ = factory.Wait()
 		return err
 	}
-	log.WithFields(logrus.Fields{"loop": o.loopName, "slot": o.slot, "point": fmt.Sprint(loop.GetInitialPoint())}).
-		Info("replicating")
+	log.WithFields(logrus.Fields{"loop": o.loopName, "slot": o.slot, "point": fmt.Sprint(loop.GetInitialPoint()),
+		"setup": time.Since(began).Round(time.Millisecond)}).Info("replicating")
 
 	select {
 	case <-ctx.Done():

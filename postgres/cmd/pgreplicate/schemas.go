@@ -38,17 +38,13 @@ func parseSchemaMap(s string) (map[string]string, error) {
 // for one target table are an error naming them. The foreign-key order is
 // per target schema: with --foreignKeys every table must land in one
 // schema, which becomes the loop's; without it, a target schema with
-// foreign keys among its tables is an error naming the flag.
-func planSchemas(ctx context.Context, o *options, schemaMap map[string]string, target *pgstore.Target) (string, error) {
-	conn, err := pgx.Connect(ctx, o.sourceConn)
-	if err != nil {
-		return "", fmt.Errorf("cannot reach the source database: %w", err)
-	}
-	defer conn.Close(context.Background())
+// foreign keys among its tables is an error naming the flag. It also
+// returns the target tables.
+func planSchemas(ctx context.Context, conn *pgx.Conn, o *options, schemaMap map[string]string, target *pgstore.Target) (string, []logical.Table, error) {
 	rows, err := conn.Query(ctx, `SELECT DISTINCT schemaname, tablename FROM pg_publication_tables
 		WHERE pubname = ANY ($1) ORDER BY 1, 2`, strings.Split(o.publication, ","))
 	if err != nil {
-		return "", fmt.Errorf("source database: reading the tables of the publications: %w", err)
+		return "", nil, fmt.Errorf("source database: reading the tables of the publications: %w", err)
 	}
 	sources := make(map[logical.Table]string)
 	schemas := make(map[string]bool)
@@ -56,19 +52,27 @@ func planSchemas(ctx context.Context, o *options, schemaMap map[string]string, t
 		var schema, name string
 		if err := rows.Scan(&schema, &name); err != nil {
 			rows.Close()
-			return "", fmt.Errorf("source database: %w", err)
+			return "", nil, fmt.Errorf("source database: %w", err)
 		}
 		dst := logical.Table{Schema: pglogical.TargetSchema(schema, schemaMap, o.targetSchema), Name: name}
 		src := schema + "." + name
 		if other, ok := sources[dst]; ok {
-			return "", fmt.Errorf("source tables %s and %s would both be written to %s; map their schemas apart with --schemaMap", other, src, dst)
+			rows.Close()
+			return "", nil, fmt.Errorf("source tables %s and %s would both be written to %s; map their schemas apart with --schemaMap", other, src, dst)
 		}
 		sources[dst] = src
 		schemas[dst.Schema] = true
 	}
 	if err := rows.Err(); err != nil {
-		return "", fmt.Errorf("source database: %w", err)
+		return "", nil, fmt.Errorf("source database: %w", err)
 	}
+	tables := make([]logical.Table, 0, len(sources))
+	for dst := range sources {
+		tables = append(tables, dst)
+	}
+	sort.Slice(tables, func(i, j int) bool {
+		return tables[i].Schema < tables[j].Schema || tables[i].Schema == tables[j].Schema && tables[i].Name < tables[j].Name
+	})
 	var list []string
 	for s := range schemas {
 		list = append(list, s)
@@ -77,22 +81,22 @@ func planSchemas(ctx context.Context, o *options, schemaMap map[string]string, t
 	if o.foreignKeys {
 		switch {
 		case len(list) > 1:
-			return "", fmt.Errorf("--foreignKeys orders the tables of one target schema, but the publications' tables go to %s",
+			return "", nil, fmt.Errorf("--foreignKeys orders the tables of one target schema, but the publications' tables go to %s",
 				strings.Join(list, ", "))
 		case len(list) == 1:
-			return list[0], nil
+			return list[0], tables, nil
 		}
-		return o.targetSchema, nil
+		return o.targetSchema, tables, nil
 	}
 	for _, s := range list {
 		levels, err := target.Order(ctx, s)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if len(levels) > 1 {
-			return "", fmt.Errorf("target schema %q has foreign keys between its tables (%d dependency levels): run with --foreignKeys",
+			return "", nil, fmt.Errorf("target schema %q has foreign keys between its tables (%d dependency levels): run with --foreignKeys",
 				s, len(levels))
 		}
 	}
-	return o.targetSchema, nil
+	return o.targetSchema, tables, nil
 }
