@@ -421,10 +421,21 @@ type cpuMeter struct {
 	base     map[int]time.Duration
 	last     map[int]time.Duration
 	role     map[int]byte // 'r' replicator, 'w' walsender
+	// The schedstat of each process at its first and last sample, and
+	// when those were taken, for breakdown.
+	first, latest map[int]sched
+}
+
+// sched is a process's schedstat sums at a time.
+type sched struct {
+	at          time.Time
+	ran, waited time.Duration
+	threads     int
 }
 
 func (m *cpuMeter) start(t *testing.T) {
 	m.base, m.last, m.role = nil, make(map[int]time.Duration), make(map[int]byte)
+	m.first, m.latest = make(map[int]sched), make(map[int]sched)
 	m.sample(t)
 	m.base = make(map[int]time.Duration, len(m.last))
 	for pid, used := range m.last {
@@ -461,6 +472,11 @@ func (m *cpuMeter) see(pid int, role byte) {
 		m.last[pid] = st.cpu
 	}
 	m.role[pid] = role
+	now := sched{at: time.Now(), ran: st.ran, waited: st.waited, threads: st.threads}
+	if _, ok := m.first[pid]; !ok {
+		m.first[pid] = now
+	}
+	m.latest[pid] = now
 }
 
 // breakdown lists each measured process with its role and CPU time, for
@@ -480,9 +496,30 @@ func (m *cpuMeter) breakdown() string {
 		case pid == m.b.replPid:
 			what = "pgreplicate"
 		}
-		parts = append(parts, fmt.Sprintf("%s %d %s", what, pid, fmtDur(m.last[pid]-m.base[pid])))
+		parts = append(parts, fmt.Sprintf("%s %d %s%s", what, pid, fmtDur(m.last[pid]-m.base[pid]), m.sched(pid)))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// sched says how a process spent the time between its first and last
+// samples: on a CPU, waiting for one (runnable: CPU-bound but crowded
+// out), and otherwise, for a single-threaded process, asleep (waiting
+// for another process, the network or the disk). A process asleep for
+// a small part of the time is on the critical path; one that waited for
+// a CPU for a large part says the machine had no CPU to spare.
+func (m *cpuMeter) sched(pid int) string {
+	a, b := m.first[pid], m.latest[pid]
+	wall := b.at.Sub(a.at)
+	if wall <= 0 || b.threads == 0 {
+		return ""
+	}
+	ran, waited := b.ran-a.ran, b.waited-a.waited
+	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
+	if b.threads > 1 {
+		return fmt.Sprintf(" (of %s: %d threads ran %.0f%%, waited for a CPU %.0f%%)", fmtDur(wall), b.threads, pct(ran), pct(waited))
+	}
+	return fmt.Sprintf(" (of %s: ran %.0f%%, waited for a CPU %.0f%%, asleep %.0f%%)", fmtDur(wall), pct(ran), pct(waited),
+		pct(max(wall-ran-waited, 0)))
 }
 
 // used returns the CPU time of the replicating side and of the walsender
@@ -829,10 +866,15 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	return d
 }
 
-// stat is what cpuMeter needs from /proc/PID/stat.
+// stat is what cpuMeter needs from /proc/PID/stat and the schedstat of
+// the process's threads.
 type stat struct {
 	ppid int
 	cpu  time.Duration
+	// ran and waited sum /proc/PID/task/*/schedstat: the time the
+	// threads ran, and the time they were runnable but waited for a CPU.
+	ran, waited time.Duration
+	threads     int
 }
 
 // clockTicks is USER_HZ, 100 on Linux.
@@ -857,5 +899,23 @@ func procStat(pid int) stat {
 	ppid, _ := strconv.Atoi(f[1])
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return stat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}
+	st := stat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}
+	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	for _, task := range tasks {
+		data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", task.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		// Nanoseconds on a CPU, nanoseconds waiting on a run queue, time slices.
+		f := strings.Fields(string(data))
+		if len(f) < 2 {
+			continue
+		}
+		ran, _ := strconv.ParseInt(f[0], 10, 64)
+		waited, _ := strconv.ParseInt(f[1], 10, 64)
+		st.ran += time.Duration(ran)
+		st.waited += time.Duration(waited)
+		st.threads++
+	}
+	return st
 }
