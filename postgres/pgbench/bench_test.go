@@ -114,6 +114,9 @@ type workload struct {
 	// may be complete; only then is the summary compared (the summary of
 	// a 2M-row table costs a scan that would compete with the apply).
 	probe string
+	// marker, if set, is a statement run at the source after the
+	// backlog was written (its last transaction), for probe to find.
+	marker string
 }
 
 // system is a replicator under test.
@@ -147,6 +150,20 @@ type bench struct {
 	perf     string
 	profiles string // directory for pgreplicate's CPU profiles
 }
+
+// backlogMarker is the backlog's last source transaction, and
+// backlogProbe finds it at the target: until it arrived, the summary is
+// not compared. That summary scans pgbench_accounts; at every 100 ms poll
+// of a catch-up it cost about a fifth of one of bench/pg's two CPUs,
+// taken from the replicator under test. (The script writes no history,
+// so the probe scans an otherwise empty table.) In serial mode and for
+// native replication the marker arrives last; --immediate applies
+// tables in parallel, so the summary may still differ when it arrived,
+// and is compared at every poll from then on.
+const (
+	backlogMarker = `INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (0, 0, 0, 424242, now())`
+	backlogProbe  = `SELECT EXISTS (SELECT 1 FROM pgbench_history WHERE delta = 424242)::text`
+)
 
 // The backlog workload: backlogClients clients run backlogPerClient
 // transactions each of backlogScript, sysbench-like (two updates, a
@@ -197,6 +214,9 @@ func TestPgbenchVsNative(t *testing.T) {
 			script:     backlogScript,
 			backlog:    true,
 			rowsPerTxn: 4,
+			marker:     backlogMarker,
+			probe:      backlogProbe,
+			fixedRows:  1, // the marker
 		},
 		{
 			// The same, five times longer: the replicators' start (slot,
@@ -210,6 +230,9 @@ func TestPgbenchVsNative(t *testing.T) {
 			script:     backlogScript,
 			backlog:    true,
 			rowsPerTxn: 4,
+			marker:     backlogMarker,
+			probe:      backlogProbe,
+			fixedRows:  1, // the marker
 		},
 		{
 			name:       "tpcb16",
@@ -307,6 +330,9 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 		// The backlog is written with no replicator running; the clock
 		// starts with the replicator.
 		out = pgbench(t, src, w.args...)
+		if w.marker != "" {
+			src.Exec(t, w.marker)
+		}
 		src.Exec(t, `CHECKPOINT`)
 		startPerfIf()
 		cpu.start(t)
@@ -395,10 +421,21 @@ type cpuMeter struct {
 	base     map[int]time.Duration
 	last     map[int]time.Duration
 	role     map[int]byte // 'r' replicator, 'w' walsender
+	// The schedstat of each process at its first and last sample, and
+	// when those were taken, for breakdown.
+	first, latest map[int]sched
+}
+
+// sched is a process's schedstat sums at a time.
+type sched struct {
+	at          time.Time
+	ran, waited time.Duration
+	threads     int
 }
 
 func (m *cpuMeter) start(t *testing.T) {
 	m.base, m.last, m.role = nil, make(map[int]time.Duration), make(map[int]byte)
+	m.first, m.latest = make(map[int]sched), make(map[int]sched)
 	m.sample(t)
 	m.base = make(map[int]time.Duration, len(m.last))
 	for pid, used := range m.last {
@@ -435,6 +472,11 @@ func (m *cpuMeter) see(pid int, role byte) {
 		m.last[pid] = st.cpu
 	}
 	m.role[pid] = role
+	now := sched{at: time.Now(), ran: st.ran, waited: st.waited, threads: st.threads}
+	if _, ok := m.first[pid]; !ok {
+		m.first[pid] = now
+	}
+	m.latest[pid] = now
 }
 
 // breakdown lists each measured process with its role and CPU time, for
@@ -454,9 +496,30 @@ func (m *cpuMeter) breakdown() string {
 		case pid == m.b.replPid:
 			what = "pgreplicate"
 		}
-		parts = append(parts, fmt.Sprintf("%s %d %s", what, pid, fmtDur(m.last[pid]-m.base[pid])))
+		parts = append(parts, fmt.Sprintf("%s %d %s%s", what, pid, fmtDur(m.last[pid]-m.base[pid]), m.sched(pid)))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// sched says how a process spent the time between its first and last
+// samples: on a CPU, waiting for one (runnable: CPU-bound but crowded
+// out), and otherwise, for a single-threaded process, asleep (waiting
+// for another process, the network or the disk). A process asleep for
+// a small part of the time is on the critical path; one that waited for
+// a CPU for a large part says the machine had no CPU to spare.
+func (m *cpuMeter) sched(pid int) string {
+	a, b := m.first[pid], m.latest[pid]
+	wall := b.at.Sub(a.at)
+	if wall <= 0 || b.threads == 0 {
+		return ""
+	}
+	ran, waited := b.ran-a.ran, b.waited-a.waited
+	pct := func(d time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
+	if b.threads > 1 {
+		return fmt.Sprintf(" (of %s: %d threads ran %.0f%%, waited for a CPU %.0f%%)", fmtDur(wall), b.threads, pct(ran), pct(waited))
+	}
+	return fmt.Sprintf(" (of %s: ran %.0f%%, waited for a CPU %.0f%%, asleep %.0f%%)", fmtDur(wall), pct(ran), pct(waited),
+		pct(max(wall-ran-waited, 0)))
 }
 
 // used returns the CPU time of the replicating side and of the walsender
@@ -803,10 +866,15 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	return d
 }
 
-// stat is what cpuMeter needs from /proc/PID/stat.
+// stat is what cpuMeter needs from /proc/PID/stat and the schedstat of
+// the process's threads.
 type stat struct {
 	ppid int
 	cpu  time.Duration
+	// ran and waited sum /proc/PID/task/*/schedstat: the time the
+	// threads ran, and the time they were runnable but waited for a CPU.
+	ran, waited time.Duration
+	threads     int
 }
 
 // clockTicks is USER_HZ, 100 on Linux.
@@ -831,5 +899,23 @@ func procStat(pid int) stat {
 	ppid, _ := strconv.Atoi(f[1])
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return stat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}
+	st := stat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}
+	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	for _, task := range tasks {
+		data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", task.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		// Nanoseconds on a CPU, nanoseconds waiting on a run queue, time slices.
+		f := strings.Fields(string(data))
+		if len(f) < 2 {
+			continue
+		}
+		ran, _ := strconv.ParseInt(f[0], 10, 64)
+		waited, _ := strconv.ParseInt(f[1], 10, 64)
+		st.ran += time.Duration(ran)
+		st.waited += time.Duration(waited)
+		st.threads++
+	}
+	return st
 }
