@@ -135,6 +135,7 @@ type column struct {
 	// does: no check, and the cast from text to the base type is by its
 	// input function (or binary), not a function of its own.
 	copyIn bool
+	member string // memberPrefix of name
 }
 
 // tableInfo is what the catalog says about one table.
@@ -838,22 +839,7 @@ func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
 // decodeRowInto is decodeRow into r, a row of info's columns that is all
 // nil.
 func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
-	var unknown []byte
-	next := 0 // the column after the last one found
-	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
-		// A source usually sends the columns in the table's order: try
-		// the next column before the map.
-		if next < len(info.cols) && info.cols[next].name == string(key) {
-			r[next] = v
-			next++
-		} else if i, found := info.byName[string(key)]; found {
-			r[i] = v
-			next = i + 1
-		} else if unknown == nil {
-			unknown = key
-		}
-	})
-	if ok {
+	if unknown, ok := decodeFlatRow(info, data, r); ok {
 		if unknown != nil {
 			return nil, unknownColumnError{string(unknown)}
 		}
@@ -879,60 +865,101 @@ func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
 
 // decodeFlatRow is the fast path of decodeRow for the common row image: a
 // JSON object whose keys are strings without escapes and whose values are
-// strings or null. It calls set for each member in order (a duplicate key
-// again) and reports false for anything else (including invalid JSON),
-// which decodeRow then hands to encoding/json; set may have been called
-// for some members by then. The keys and values alias data.
-func decodeFlatRow(data []byte, set func(key []byte, v json.RawMessage)) bool {
+// strings or null. It sets the member of each column of info in r (the
+// last of a duplicate key), returns the first key info has no column for,
+// and reports false for anything else (including invalid JSON), which
+// decodeRow then hands to encoding/json; r may have been set in part by
+// then. The values alias data.
+//
+// A source usually sends the columns in the table's order: the member of
+// the column after the last one found is tried first, by comparing the
+// bytes of its key and colon (column.member) without scanning them.
+func decodeFlatRow(info *tableInfo, data []byte, r row) (unknown []byte, ok bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
-		return false
+		return nil, false
 	}
 	i = skipSpace(data, i+1)
 	if i < len(data) && data[i] == '}' {
-		return skipSpace(data, i+1) == len(data)
+		return nil, skipSpace(data, i+1) == len(data)
 	}
+	next := 0 // the column after the last one found
 	for {
-		// A key: a string without escapes.
-		if i >= len(data) || data[i] != '"' {
-			return false
+		col := -1
+		if next < len(info.cols) {
+			if k := info.cols[next].member; k != "" && len(data)-i >= len(k) && string(data[i:i+len(k)]) == k {
+				col = next
+				i = skipSpace(data, i+len(k))
+			}
 		}
-		end, escaped, ok := scanString(data, i)
-		if !ok || escaped {
-			return false
+		if col < 0 {
+			// A key: a string without escapes.
+			if i >= len(data) || data[i] != '"' {
+				return nil, false
+			}
+			end, escaped, ok := scanString(data, i)
+			if !ok || escaped {
+				return nil, false
+			}
+			key := data[i+1 : end-1]
+			i = skipSpace(data, end)
+			if i >= len(data) || data[i] != ':' {
+				return nil, false
+			}
+			i = skipSpace(data, i+1)
+			if next < len(info.cols) && info.cols[next].name == string(key) {
+				col = next
+			} else if c, found := info.byName[string(key)]; found {
+				col = c
+			} else if unknown == nil {
+				unknown = key
+			}
 		}
-		key := data[i+1 : end-1]
-		i = skipSpace(data, end)
-		if i >= len(data) || data[i] != ':' {
-			return false
-		}
-		i = skipSpace(data, i+1)
 		// A value: a string or null.
-		start := i
+		var end int
 		switch {
 		case i < len(data) && data[i] == '"':
 			if end, _, ok = scanString(data, i); !ok {
-				return false
+				return nil, false
 			}
 		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
 			end = i + 4
 		default:
-			return false
+			return nil, false
 		}
-		set(key, json.RawMessage(data[start:end:end]))
+		if col >= 0 {
+			r[col] = json.RawMessage(data[i:end:end])
+			next = col + 1
+		}
 		i = skipSpace(data, end)
 		if i >= len(data) {
-			return false
+			return nil, false
 		}
 		switch data[i] {
 		case ',':
 			i = skipSpace(data, i+1)
 		case '}':
-			return skipSpace(data, i+1) == len(data)
+			return unknown, skipSpace(data, i+1) == len(data)
 		default:
-			return false
+			return nil, false
 		}
 	}
+}
+
+// memberPrefix returns the bytes that begin a JSON object's member of
+// the column name: its key and a colon, when name is a JSON string
+// without escapes as it stands (valid UTF-8 without quotes, backslashes
+// or control characters); else "", and decodeFlatRow scans the key.
+func memberPrefix(name string) string {
+	if !utf8.ValidString(name) {
+		return ""
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c == '"' || c == '\\' {
+			return ""
+		}
+	}
+	return `"` + name + `":`
 }
 
 // skipSpace returns the index of the first byte at or after i that is not
@@ -1563,6 +1590,7 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 			return nil, errors.Wrapf(err, "pgstore: reading the columns of %s", table)
 		}
 		info.byName[c.name] = len(info.cols)
+		c.member = memberPrefix(c.name)
 		if c.pk {
 			info.pk = append(info.pk, len(info.cols))
 		}
