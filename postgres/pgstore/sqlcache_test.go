@@ -136,3 +136,30 @@ func sortedInts(s []int) []int {
 	}
 	return s
 }
+
+// TestUpsertSQLCacheBound asks for more sets of columns than the cache
+// keeps: it stops growing at maxUpsertSQL and the statements of the sets
+// beyond are still right.
+func TestUpsertSQLCacheBound(t *testing.T) {
+	info, fresh := cacheInfo(), cacheInfo()
+	// The key columns and every subset of the other eight: 256 sets.
+	for bits := range 256 {
+		set := []int{0, 3}
+		for n, c := range []int{1, 2, 4, 5, 6, 7, 8, 9} {
+			if bits&(1<<n) != 0 {
+				set = append(set, c)
+			}
+		}
+		set = sortedInts(set)
+		for range 2 {
+			got, err := info.upsertSQL(cacheSig(set, false))
+			require.NoError(t, err)
+			want, err := makeUpsertSQL(fresh, cacheSig(set, false)[:2])
+			require.NoError(t, err)
+			require.Equal(t, want, got, "columns %v", set)
+		}
+	}
+	info.sqlMu.Lock()
+	defer info.sqlMu.Unlock()
+	assert.Len(t, info.upserts, maxUpsertSQL)
+}

@@ -1252,10 +1252,18 @@ func (info *tableInfo) upsertSQL(sig string) (*upsertSQL, error) {
 	if info.upserts == nil {
 		info.upserts = make(map[string]*upsertSQL)
 	}
-	info.upserts[cols] = p
+	if len(info.upserts) < maxUpsertSQL {
+		info.upserts[cols] = p
+	}
 	info.sqlMu.Unlock()
 	return p, nil
 }
+
+// maxUpsertSQL is the most sets of columns whose statements a tableInfo
+// keeps; those of further sets (a table with many columns that are
+// often unchanged TOAST values, each row lacking others) are made for
+// each statement.
+const maxUpsertSQL = 64
 
 // makeUpsertSQL makes the statements of an upsert of the columns in the
 // bitmap set (a signature without its last byte).
