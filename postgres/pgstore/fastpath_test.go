@@ -2,6 +2,8 @@ package pgstore
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -48,32 +50,69 @@ func TestDecodeFlatRow(t *testing.T) {
 	}
 	for _, tc := range tcs {
 		t.Run(tc.name, func(t *testing.T) {
-			got := make(map[string]json.RawMessage)
-			ok := decodeFlatRow([]byte(tc.in), func(k []byte, v json.RawMessage) { got[string(k)] = v })
-			assert.Equal(t, tc.fast, ok)
 			var want map[string]json.RawMessage
 			wantErr := json.Unmarshal([]byte(tc.in), &want)
-			if ok {
-				require.NoError(t, wantErr, "the fast path accepted invalid JSON")
-				assert.Equal(t, want, got)
-			}
-			// decodeRow agrees with encoding/json either way.
-			info := &tableInfo{table: logical.Table{Schema: "s", Name: "t"}, byName: map[string]int{}}
+			var names []string
 			for name := range want {
-				info.byName[name] = len(info.cols)
-				info.cols = append(info.cols, column{name: name, typ: "text"})
+				names = append(names, name)
 			}
-			r, err := decodeRow(info, json.RawMessage(tc.in))
-			if wantErr != nil {
-				assert.ErrorContains(t, err, "s.t")
-				return
-			}
-			require.NoError(t, err)
-			require.Len(t, r, len(info.cols))
-			for i, c := range info.cols {
-				assert.Equal(t, want[c.name], r[i], "column %s", c.name)
+			// With the columns' member prefixes (readInfo's) and without.
+			for _, members := range []bool{true, false} {
+				info := flatInfo(names, members)
+				r := make(row, len(info.cols))
+				unknown, ok := decodeFlatRow(info, []byte(tc.in), r)
+				assert.Equal(t, tc.fast, ok, "members %v", members)
+				if ok {
+					require.NoError(t, wantErr, "the fast path accepted invalid JSON")
+					assert.Nil(t, unknown)
+					for i, c := range info.cols {
+						assert.Equal(t, want[c.name], r[i], "column %s", c.name)
+					}
+				}
+				// decodeRow agrees with encoding/json either way.
+				r, err := decodeRow(info, json.RawMessage(tc.in))
+				if wantErr != nil {
+					assert.ErrorContains(t, err, "s.t")
+					continue
+				}
+				require.NoError(t, err)
+				require.Len(t, r, len(info.cols))
+				for i, c := range info.cols {
+					assert.Equal(t, want[c.name], r[i], "column %s", c.name)
+				}
 			}
 		})
+	}
+}
+
+// flatInfo is a table of text columns names, with the columns' member
+// prefixes if members is set (as readInfo makes them).
+func flatInfo(names []string, members bool) *tableInfo {
+	info := &tableInfo{table: logical.Table{Schema: "s", Name: "t"}, byName: map[string]int{}}
+	for _, name := range names {
+		c := column{name: name, typ: "text"}
+		if members {
+			c.member = memberPrefix(name)
+		}
+		info.byName[name] = len(info.cols)
+		info.cols = append(info.cols, c)
+	}
+	return info
+}
+
+// TestMemberPrefix checks which column names decodeFlatRow may match by
+// their bytes: exactly those that encoding/json writes unescaped.
+func TestMemberPrefix(t *testing.T) {
+	for _, name := range []string{"aid", "", "with space", "ünïcode", "日本", "q\"uote", "back\\slash", "tab\t", "\x7f", "\xff", "a\u2028b", "<&>"} {
+		got := memberPrefix(name)
+		plain := "\"" + name + "\"" // name as a JSON string without escapes
+		var asIs string
+		valid := json.Unmarshal([]byte(plain), &asIs) == nil && asIs == name
+		if valid {
+			assert.Equal(t, plain+":", got, "%q", name)
+		} else {
+			assert.Empty(t, got, "%q", name)
+		}
 	}
 }
 
@@ -139,5 +178,24 @@ func TestSplitFlatArray(t *testing.T) {
 		for i := range want {
 			assert.Equal(t, string(want[i]), string(got[i]), "%s", tc.in)
 		}
+	}
+}
+
+// BenchmarkDecodeRow decodes pgbench_accounts row images (pglogical's
+// encoding) with the member prefixes readInfo makes and without.
+func BenchmarkDecodeRow(b *testing.B) {
+	data := []byte(`{"aid":"123456","bid":"2","abalance":"-4711","filler":"` + strings.Repeat(" ", 84) + `"}`)
+	for _, members := range []bool{true, false} {
+		info := flatInfo([]string{"aid", "bid", "abalance", "filler"}, members)
+		r := make(row, len(info.cols))
+		b.Run(fmt.Sprintf("members=%v", members), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				clear(r)
+				if _, err := decodeRowInto(info, data, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -2,10 +2,10 @@ package pgstore
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
-	"github.com/logical-go/logical"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -15,11 +15,6 @@ import (
 // members in the table's order, in other orders, with gaps, duplicates
 // and unknown names.
 func TestDecodeRowColumnOrder(t *testing.T) {
-	info := &tableInfo{table: logical.Table{Schema: "s", Name: "t"}, byName: map[string]int{}}
-	for _, name := range []string{"a", "b", "c", "d"} {
-		info.byName[name] = len(info.cols)
-		info.cols = append(info.cols, column{name: name, typ: "text"})
-	}
 	tcs := []struct {
 		name, in, unknown string
 	}{
@@ -36,22 +31,25 @@ func TestDecodeRowColumnOrder(t *testing.T) {
 		{"not strings", `{"b":2,"a":true,"d":null}`, ""},
 	}
 	for _, tc := range tcs {
-		t.Run(tc.name, func(t *testing.T) {
-			r, err := decodeRow(info, json.RawMessage(tc.in))
-			if tc.unknown != "" {
-				var unknown unknownColumnError
-				require.ErrorAs(t, err, &unknown)
-				assert.Equal(t, tc.unknown, unknown.name)
-				return
-			}
-			require.NoError(t, err)
-			var want map[string]json.RawMessage
-			require.NoError(t, json.Unmarshal([]byte(tc.in), &want))
-			for i, c := range info.cols {
-				assert.Equal(t, string(want[c.name]), string(r[i]), "column %s", c.name)
-				assert.Equal(t, want[c.name] == nil, r[i] == nil, "column %s: absent", c.name)
-			}
-		})
+		for _, members := range []bool{true, false} {
+			info := flatInfo([]string{"a", "b", "c", "d"}, members)
+			t.Run(fmt.Sprintf("%s/members=%v", tc.name, members), func(t *testing.T) {
+				r, err := decodeRow(info, json.RawMessage(tc.in))
+				if tc.unknown != "" {
+					var unknown unknownColumnError
+					require.ErrorAs(t, err, &unknown)
+					assert.Equal(t, tc.unknown, unknown.name)
+					return
+				}
+				require.NoError(t, err)
+				var want map[string]json.RawMessage
+				require.NoError(t, json.Unmarshal([]byte(tc.in), &want))
+				for i, c := range info.cols {
+					assert.Equal(t, string(want[c.name]), string(r[i]), "column %s", c.name)
+					assert.Equal(t, want[c.name] == nil, r[i] == nil, "column %s: absent", c.name)
+				}
+			})
+		}
 	}
 }
 

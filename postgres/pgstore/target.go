@@ -59,6 +59,10 @@ const (
 // transaction (Begin) one COPY takes the following such statements too,
 // see copyin.go. A COPY that fails is redone as the INSERT.
 //
+// The text of these statements is made once per table and set of columns
+// and kept with the table's catalog information, so it is made again
+// whenever that is read again.
+//
 // Rows whose values are all JSON strings or null (pgoutput's) go as one
 // text array per column; rows with other JSON values as one JSON array
 // of arrays taken apart with ->>, so that the database casts the same text
@@ -131,6 +135,7 @@ type column struct {
 	// does: no check, and the cast from text to the base type is by its
 	// input function (or binary), not a function of its own.
 	copyIn bool
+	member string // memberPrefix of name
 }
 
 // tableInfo is what the catalog says about one table.
@@ -145,6 +150,12 @@ type tableInfo struct {
 	// it has no rules (which COPY does not apply) and no row-level
 	// security (which COPY FROM does not support).
 	copyIn bool
+
+	// The statements written to the table, made on first use: they
+	// depend only on the fields above, which do not change.
+	sqlMu   sync.Mutex
+	upserts map[string]*upsertSQL // by set of columns, see upsertSQL
+	deletes [2]string             // deleteKeys' statement from text arrays, from JSON
 }
 
 // execer runs the statements of Apply: at once (poolExec) or pipelined in
@@ -828,22 +839,7 @@ func decodeRow(info *tableInfo, data json.RawMessage) (row, error) {
 // decodeRowInto is decodeRow into r, a row of info's columns that is all
 // nil.
 func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
-	var unknown []byte
-	next := 0 // the column after the last one found
-	ok := decodeFlatRow(data, func(key []byte, v json.RawMessage) {
-		// A source usually sends the columns in the table's order: try
-		// the next column before the map.
-		if next < len(info.cols) && info.cols[next].name == string(key) {
-			r[next] = v
-			next++
-		} else if i, found := info.byName[string(key)]; found {
-			r[i] = v
-			next = i + 1
-		} else if unknown == nil {
-			unknown = key
-		}
-	})
-	if ok {
+	if unknown, ok := decodeFlatRow(info, data, r); ok {
 		if unknown != nil {
 			return nil, unknownColumnError{string(unknown)}
 		}
@@ -869,60 +865,101 @@ func decodeRowInto(info *tableInfo, data json.RawMessage, r row) (row, error) {
 
 // decodeFlatRow is the fast path of decodeRow for the common row image: a
 // JSON object whose keys are strings without escapes and whose values are
-// strings or null. It calls set for each member in order (a duplicate key
-// again) and reports false for anything else (including invalid JSON),
-// which decodeRow then hands to encoding/json; set may have been called
-// for some members by then. The keys and values alias data.
-func decodeFlatRow(data []byte, set func(key []byte, v json.RawMessage)) bool {
+// strings or null. It sets the member of each column of info in r (the
+// last of a duplicate key), returns the first key info has no column for,
+// and reports false for anything else (including invalid JSON), which
+// decodeRow then hands to encoding/json; r may have been set in part by
+// then. The values alias data.
+//
+// A source usually sends the columns in the table's order: the member of
+// the column after the last one found is tried first, by comparing the
+// bytes of its key and colon (column.member) without scanning them.
+func decodeFlatRow(info *tableInfo, data []byte, r row) (unknown []byte, ok bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
-		return false
+		return nil, false
 	}
 	i = skipSpace(data, i+1)
 	if i < len(data) && data[i] == '}' {
-		return skipSpace(data, i+1) == len(data)
+		return nil, skipSpace(data, i+1) == len(data)
 	}
+	next := 0 // the column after the last one found
 	for {
-		// A key: a string without escapes.
-		if i >= len(data) || data[i] != '"' {
-			return false
+		col := -1
+		if next < len(info.cols) {
+			if k := info.cols[next].member; k != "" && len(data)-i >= len(k) && string(data[i:i+len(k)]) == k {
+				col = next
+				i = skipSpace(data, i+len(k))
+			}
 		}
-		end, escaped, ok := scanString(data, i)
-		if !ok || escaped {
-			return false
+		if col < 0 {
+			// A key: a string without escapes.
+			if i >= len(data) || data[i] != '"' {
+				return nil, false
+			}
+			end, escaped, ok := scanString(data, i)
+			if !ok || escaped {
+				return nil, false
+			}
+			key := data[i+1 : end-1]
+			i = skipSpace(data, end)
+			if i >= len(data) || data[i] != ':' {
+				return nil, false
+			}
+			i = skipSpace(data, i+1)
+			if next < len(info.cols) && info.cols[next].name == string(key) {
+				col = next
+			} else if c, found := info.byName[string(key)]; found {
+				col = c
+			} else if unknown == nil {
+				unknown = key
+			}
 		}
-		key := data[i+1 : end-1]
-		i = skipSpace(data, end)
-		if i >= len(data) || data[i] != ':' {
-			return false
-		}
-		i = skipSpace(data, i+1)
 		// A value: a string or null.
-		start := i
+		var end int
 		switch {
 		case i < len(data) && data[i] == '"':
 			if end, _, ok = scanString(data, i); !ok {
-				return false
+				return nil, false
 			}
 		case len(data)-i >= 4 && string(data[i:i+4]) == "null":
 			end = i + 4
 		default:
-			return false
+			return nil, false
 		}
-		set(key, json.RawMessage(data[start:end:end]))
+		if col >= 0 {
+			r[col] = json.RawMessage(data[i:end:end])
+			next = col + 1
+		}
 		i = skipSpace(data, end)
 		if i >= len(data) {
-			return false
+			return nil, false
 		}
 		switch data[i] {
 		case ',':
 			i = skipSpace(data, i+1)
 		case '}':
-			return skipSpace(data, i+1) == len(data)
+			return unknown, skipSpace(data, i+1) == len(data)
 		default:
-			return false
+			return nil, false
 		}
 	}
+}
+
+// memberPrefix returns the bytes that begin a JSON object's member of
+// the column name: its key and a colon, when name is a JSON string
+// without escapes as it stands (valid UTF-8 without quotes, backslashes
+// or control characters); else "", and decodeFlatRow scans the key.
+func memberPrefix(name string) string {
+	if !utf8.ValidString(name) {
+		return ""
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c == '"' || c == '\\' {
+			return ""
+		}
+	}
+	return `"` + name + `":`
 }
 
 // skipSpace returns the index of the first byte at or after i that is not
@@ -1103,81 +1140,36 @@ func appendKey(buf []byte, info *tableInfo, m *logical.Mutation, r row) ([]byte,
 // The rows go to the server as one JSON array of arrays, each holding the
 // values of sig's columns in column order.
 func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig string, rows []row) error {
-	var cols []int
-	for i := range info.cols {
-		if i/8 < len(sig)-1 && sig[i/8]&(1<<(i%8)) != 0 {
-			cols = append(cols, i)
-		}
-	}
 	plain := false
 	if sig[len(sig)-1] == 1 && len(info.pk) > 0 {
 		t.mu.RLock()
 		plain = !t.upsertOnly[info.table]
 		t.mu.RUnlock()
 	}
-	if len(cols) == 0 {
-		return errors.Errorf("pgstore: table %s: a row has no columns", info.table)
-	}
 	// Rows whose values are all JSON strings or null (every row pgoutput
 	// decodes) go as one text array per column; others as one JSON array
 	// of arrays, taken apart with ->>. The database casts the same text
 	// either way.
+	p, err := info.upsertSQL(sig)
+	if err != nil {
+		return err
+	}
+	cols := p.cols
 	arrays := len(cols) <= maxArrayColumns && stringsOrNulls(rows, cols)
-	var names, values, sets []string
-	present := make(map[int]bool, len(cols))
-	overriding := false
-	for n, i := range cols {
-		c := info.cols[i]
-		present[i] = true
-		overriding = overriding || c.always
-		names = append(names, Ident(c.name))
-		if arrays {
-			values = append(values, valueExpr(c, "r.c"+strconv.Itoa(n)))
-		} else {
-			values = append(values, valueExpr(c, "(r.v->>"+strconv.Itoa(n)+")"))
-		}
-		// An identity column GENERATED ALWAYS can only be updated to
-		// DEFAULT; its value does not change after the insert.
-		if !c.pk && !c.always {
-			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
-		}
-	}
-	var sb strings.Builder
-	sb.WriteString("INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") ")
-	if overriding {
-		// The source's values of identity columns GENERATED ALWAYS.
-		sb.WriteString("OVERRIDING SYSTEM VALUE ")
-	}
-	sb.WriteString("SELECT ")
-	sb.WriteString(strings.Join(values, ", "))
+	text := &p.json
 	if arrays {
-		sb.WriteString(" FROM " + unnestFrom(len(cols), "r"))
-	} else {
-		sb.WriteString(" FROM jsonb_array_elements($1::jsonb) AS r(v)")
+		text = &p.arrays
 	}
-	what := stmt{what: fmt.Sprintf("upserting %d rows into %s", len(rows), info.table), info: info,
+	n := strconv.Itoa(len(rows))
+	what := stmt{what: "upserting " + n + " rows into " + info.table.Schema + "." + info.table.Name, info: info,
 		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
-	sql := sb.String()
-	if len(info.pk) > 0 {
-		var pk []string
-		for _, i := range info.pk {
-			if !present[i] {
-				return errors.Errorf("pgstore: table %s: a row lacks primary-key column %q", info.table, info.cols[i].name)
-			}
-			pk = append(pk, Ident(info.cols[i].name))
-		}
-		onConflict := " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", ")
-		if len(sets) == 0 {
-			onConflict = " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING"
-		}
+	sql := text.upsert
+	if plain {
 		// A plain insert has no ON CONFLICT: the primary key rejects an
 		// existing row, and the upsert runs instead.
-		if plain {
-			what.what = fmt.Sprintf("inserting %d rows into %s", len(rows), info.table)
-			what.plainInsert, what.upsert = true, sql+onConflict
-		} else {
-			sql += onConflict
-		}
+		what.what = "inserting " + n + " rows into " + info.table.Schema + "." + info.table.Name
+		what.plainInsert, what.upsert = true, text.upsert
+		sql = text.insert
 	}
 	if arrays && (plain || len(info.pk) == 0) && copyable(info, cols) {
 		if c, ok := q.(copier); ok {
@@ -1223,6 +1215,108 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	}
 	buf = append(buf, ']')
 	return q.exec(ctx, what, sql, string(buf))
+}
+
+// upsertSQL is the SQL of the upserts of one set of columns into a
+// table (a signature of applyRows without its last byte), made once per
+// tableInfo: a table whose catalog information is read again gets a new
+// tableInfo and so new statements.
+type upsertSQL struct {
+	cols   []int      // the columns, in column order; read only
+	arrays upsertText // the rows as one text array per column
+	json   upsertText // the rows as one JSON array of arrays
+}
+
+// upsertText is an upsert's statement text.
+type upsertText struct {
+	insert string // INSERT ... SELECT without ON CONFLICT
+	upsert string // insert with ON CONFLICT; insert itself for a table without a key
+}
+
+// upsertSQL returns the statements of an upsert of the columns of sig,
+// from the cache of info or made and added to it. Only the columns of sig
+// count, not whether its rows are fresh.
+func (info *tableInfo) upsertSQL(sig string) (*upsertSQL, error) {
+	cols := sig[:len(sig)-1]
+	info.sqlMu.Lock()
+	p := info.upserts[cols]
+	info.sqlMu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	p, err := makeUpsertSQL(info, cols)
+	if err != nil {
+		return nil, err
+	}
+	info.sqlMu.Lock()
+	if info.upserts == nil {
+		info.upserts = make(map[string]*upsertSQL)
+	}
+	if len(info.upserts) < maxUpsertSQL {
+		info.upserts[cols] = p
+	}
+	info.sqlMu.Unlock()
+	return p, nil
+}
+
+// maxUpsertSQL is the most sets of columns whose statements a tableInfo
+// keeps; those of further sets (a table with many columns that are
+// often unchanged TOAST values, each row lacking others) are made for
+// each statement.
+const maxUpsertSQL = 64
+
+// makeUpsertSQL makes the statements of an upsert of the columns in the
+// bitmap set (a signature without its last byte).
+func makeUpsertSQL(info *tableInfo, set string) (*upsertSQL, error) {
+	p := &upsertSQL{}
+	for i := range info.cols {
+		if i/8 < len(set) && set[i/8]&(1<<(i%8)) != 0 {
+			p.cols = append(p.cols, i)
+		}
+	}
+	if len(p.cols) == 0 {
+		return nil, errors.Errorf("pgstore: table %s: a row has no columns", info.table)
+	}
+	var names, arrayValues, jsonValues, sets []string
+	present := make(map[int]bool, len(p.cols))
+	overriding := false
+	for n, i := range p.cols {
+		c := info.cols[i]
+		present[i] = true
+		overriding = overriding || c.always
+		names = append(names, Ident(c.name))
+		arrayValues = append(arrayValues, valueExpr(c, "r.c"+strconv.Itoa(n)))
+		jsonValues = append(jsonValues, valueExpr(c, "(r.v->>"+strconv.Itoa(n)+")"))
+		// An identity column GENERATED ALWAYS can only be updated to
+		// DEFAULT; its value does not change after the insert.
+		if !c.pk && !c.always {
+			sets = append(sets, Ident(c.name)+" = excluded."+Ident(c.name))
+		}
+	}
+	head := "INSERT INTO " + info.ident + " (" + strings.Join(names, ", ") + ") "
+	if overriding {
+		// The source's values of identity columns GENERATED ALWAYS.
+		head += "OVERRIDING SYSTEM VALUE "
+	}
+	p.arrays.insert = head + "SELECT " + strings.Join(arrayValues, ", ") + " FROM " + unnestFrom(len(p.cols), "r")
+	p.json.insert = head + "SELECT " + strings.Join(jsonValues, ", ") + " FROM jsonb_array_elements($1::jsonb) AS r(v)"
+	p.arrays.upsert, p.json.upsert = p.arrays.insert, p.json.insert
+	if len(info.pk) > 0 {
+		var pk []string
+		for _, i := range info.pk {
+			if !present[i] {
+				return nil, errors.Errorf("pgstore: table %s: a row lacks primary-key column %q", info.table, info.cols[i].name)
+			}
+			pk = append(pk, Ident(info.cols[i].name))
+		}
+		onConflict := " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO UPDATE SET " + strings.Join(sets, ", ")
+		if len(sets) == 0 {
+			onConflict = " ON CONFLICT (" + strings.Join(pk, ", ") + ") DO NOTHING"
+		}
+		p.arrays.upsert += onConflict
+		p.json.upsert += onConflict
+	}
+	return p, nil
 }
 
 // maxArrayColumns is the most columns an upsert passes as one text array
@@ -1296,34 +1390,57 @@ func textArray(rows []row, col int) (string, error) {
 // server less than taking a JSON array apart; others as one JSON array of
 // arrays.
 func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys []json.RawMessage) error {
-	what := stmt{what: fmt.Sprintf("deleting %d rows from %s", len(keys), info.table), info: info}
-	var conds []string
+	what := stmt{what: "deleting " + strconv.Itoa(len(keys)) + " rows from " + info.table.Schema + "." + info.table.Name, info: info}
 	if rows, ok := splitKeys(info, keys); ok {
 		args, err := textArrays(info, rows, info.pk)
 		if err != nil {
 			return err
 		}
-		for n, i := range info.pk {
-			c := info.cols[i]
-			// The base type: a cast to a shorter varchar(n) would
-			// truncate the key and match another row.
-			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.c"+strconv.Itoa(n)+" AS "+c.cast+")")
-		}
-		sql := "DELETE FROM " + info.ident + " AS t USING " + unnestFrom(len(info.pk), "k") +
-			" WHERE " + strings.Join(conds, " AND ")
-		return q.exec(ctx, what, sql, args...)
+		return q.exec(ctx, what, info.deleteSQL(true), args...)
 	}
-	for n, i := range info.pk {
-		c := info.cols[i]
-		conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.cast+")")
-	}
-	sql := "DELETE FROM " + info.ident + " AS t USING jsonb_array_elements($1::jsonb) AS k(v) WHERE " +
-		strings.Join(conds, " AND ")
 	buf, err := json.Marshal(keys)
 	if err != nil {
 		return errors.Wrapf(err, "pgstore: table %s: encoding keys", info.table)
 	}
-	return q.exec(ctx, what, sql, string(buf))
+	return q.exec(ctx, what, info.deleteSQL(false), string(buf))
+}
+
+// deleteSQL returns deleteKeys' statement, from the cache of info or made
+// and added to it: with the keys as one text array per key column
+// (arrays) or as one JSON array of arrays.
+func (info *tableInfo) deleteSQL(arrays bool) string {
+	k := 0
+	if !arrays {
+		k = 1
+	}
+	info.sqlMu.Lock()
+	sql := info.deletes[k]
+	info.sqlMu.Unlock()
+	if sql != "" {
+		return sql
+	}
+	var conds []string
+	for n, i := range info.pk {
+		c := info.cols[i]
+		// The base type: a cast to a shorter varchar(n) would truncate
+		// the key and match another row.
+		if arrays {
+			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.c"+strconv.Itoa(n)+" AS "+c.cast+")")
+		} else {
+			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.cast+")")
+		}
+	}
+	if arrays {
+		sql = "DELETE FROM " + info.ident + " AS t USING " + unnestFrom(len(info.pk), "k") +
+			" WHERE " + strings.Join(conds, " AND ")
+	} else {
+		sql = "DELETE FROM " + info.ident + " AS t USING jsonb_array_elements($1::jsonb) AS k(v) WHERE " +
+			strings.Join(conds, " AND ")
+	}
+	info.sqlMu.Lock()
+	info.deletes[k] = sql
+	info.sqlMu.Unlock()
+	return sql
 }
 
 // splitKeys returns the values of keys (compact JSON arrays of the key
@@ -1517,6 +1634,7 @@ func (t *Target) readInfos(ctx context.Context, tables []logical.Table) (map[log
 			infos[table] = info
 		}
 		info.byName[c.name] = len(info.cols)
+		c.member = memberPrefix(c.name)
 		if c.pk {
 			info.pk = append(info.pk, len(info.cols))
 		}
