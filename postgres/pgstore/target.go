@@ -1161,13 +1161,13 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 		text = &p.arrays
 	}
 	n := strconv.Itoa(len(rows))
-	what := stmt{what: "upserting " + n + " rows into " + info.table.Schema + "." + info.table.Name, info: info,
+	what := stmt{what: "upserting " + n + " rows into " + info.table.String(), info: info,
 		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
 	sql := text.upsert
 	if plain {
 		// A plain insert has no ON CONFLICT: the primary key rejects an
 		// existing row, and the upsert runs instead.
-		what.what = "inserting " + n + " rows into " + info.table.Schema + "." + info.table.Name
+		what.what = "inserting " + n + " rows into " + info.table.String()
 		what.plainInsert, what.upsert = true, text.upsert
 		sql = text.insert
 	}
@@ -1390,7 +1390,7 @@ func textArray(rows []row, col int) (string, error) {
 // server less than taking a JSON array apart; others as one JSON array of
 // arrays.
 func (t *Target) deleteKeys(ctx context.Context, q execer, info *tableInfo, keys []json.RawMessage) error {
-	what := stmt{what: "deleting " + strconv.Itoa(len(keys)) + " rows from " + info.table.Schema + "." + info.table.Name, info: info}
+	what := stmt{what: "deleting " + strconv.Itoa(len(keys)) + " rows from " + info.table.String(), info: info}
 	if rows, ok := splitKeys(info, keys); ok {
 		args, err := textArrays(info, rows, info.pk)
 		if err != nil {
