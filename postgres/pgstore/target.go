@@ -1419,24 +1419,18 @@ func (info *tableInfo) deleteSQL(arrays bool) string {
 	if sql != "" {
 		return sql
 	}
+	from, value := unnestFrom(len(info.pk), "k"), "k.c"
+	if !arrays {
+		from, value = "jsonb_array_elements($1::jsonb) AS k(v)", "k.v->>"
+	}
 	var conds []string
 	for n, i := range info.pk {
 		c := info.cols[i]
 		// The base type: a cast to a shorter varchar(n) would truncate
 		// the key and match another row.
-		if arrays {
-			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.c"+strconv.Itoa(n)+" AS "+c.cast+")")
-		} else {
-			conds = append(conds, "t."+Ident(c.name)+" = CAST(k.v->>"+strconv.Itoa(n)+" AS "+c.cast+")")
-		}
+		conds = append(conds, "t."+Ident(c.name)+" = CAST("+value+strconv.Itoa(n)+" AS "+c.cast+")")
 	}
-	if arrays {
-		sql = "DELETE FROM " + info.ident + " AS t USING " + unnestFrom(len(info.pk), "k") +
-			" WHERE " + strings.Join(conds, " AND ")
-	} else {
-		sql = "DELETE FROM " + info.ident + " AS t USING jsonb_array_elements($1::jsonb) AS k(v) WHERE " +
-			strings.Join(conds, " AND ")
-	}
+	sql = "DELETE FROM " + info.ident + " AS t USING " + from + " WHERE " + strings.Join(conds, " AND ")
 	info.sqlMu.Lock()
 	info.deletes[k] = sql
 	info.sqlMu.Unlock()
