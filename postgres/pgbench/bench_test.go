@@ -190,7 +190,7 @@ func TestPgbenchVsNative(t *testing.T) {
 		t.Skipf("set %s=1 (and run under .ci/with-postgres) for the pgbench comparison; bench/pg does both", envEnable)
 	}
 	b := &bench{server: pgtest.ServerURL(t), perf: os.Getenv(envPerf), profiles: os.Getenv(envProfiles)}
-	runs := envInt(t, envRuns, 3)
+	runs := pgtest.EnvInt(t, envRuns, 3)
 	duration := envDuration(t, envRunLength, 15*time.Second)
 	for _, tool := range []string{"pgbench", "psql"} {
 		_, err := exec.LookPath(tool)
@@ -842,17 +842,6 @@ func listEnv(name string) []string {
 		}
 	}
 	return out
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	require.NoError(t, err, "%s must be a number", name)
-	require.Positive(t, n, "%s must be at least 1", name)
-	return n
 }
 
 func envDuration(t *testing.T, name string, def time.Duration) time.Duration {

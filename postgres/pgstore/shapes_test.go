@@ -28,19 +28,10 @@ func TestStatementShapes(t *testing.T) {
 	if os.Getenv("LOGICAL_PGSTORE_SHAPES") == "" {
 		t.Skip("set LOGICAL_PGSTORE_SHAPES=1 to measure the statement shapes")
 	}
-	envInt := func(name string, def int) int {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			require.NoError(t, err, "%s must be an integer", name)
-			require.Positive(t, n, "%s must be positive", name)
-			return n
-		}
-		return def
-	}
 	const tableRows = 100000
-	nRows := envInt("LOGICAL_SHAPES_ROWS", 20000)
-	batch := envInt("LOGICAL_SHAPES_BATCH", 500)
-	runs := envInt("LOGICAL_SHAPES_RUNS", 5)
+	nRows := pgtest.EnvInt(t, "LOGICAL_SHAPES_ROWS", 20000)
+	batch := pgtest.EnvInt(t, "LOGICAL_SHAPES_BATCH", 500)
+	runs := pgtest.EnvInt(t, "LOGICAL_SHAPES_RUNS", 5)
 
 	db := pgtest.NewDB(t, "shapes")
 	ctx := context.Background()

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,8 +35,8 @@ func TestStartupTime(t *testing.T) {
 	if os.Getenv("LOGICAL_STARTUP_BENCH") == "" {
 		t.Skip("set LOGICAL_STARTUP_BENCH=1 (and run under .ci/with-postgres) to measure the startup")
 	}
-	runs := envInt(t, "LOGICAL_STARTUP_RUNS", 15)
-	txns := envInt(t, "LOGICAL_STARTUP_TXNS", 200)
+	runs := pgtest.EnvInt(t, "LOGICAL_STARTUP_RUNS", 15)
+	txns := pgtest.EnvInt(t, "LOGICAL_STARTUP_TXNS", 200)
 	trace := os.Getenv("LOGICAL_STARTUP_TRACE") != ""
 	bins := []struct{ name, path string }{{"this", build(t)}}
 	if list := os.Getenv("LOGICAL_STARTUP_BASELINE"); list != "" {
@@ -142,17 +141,6 @@ func TestStartupTime(t *testing.T) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func envInt(t *testing.T, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	require.NoError(t, err, "%s", name)
-	require.Positive(t, n, "%s", name)
-	return n
-}
 
 // printTrace logs the server log lines of the sessions named app, with
 // their time relative to began.

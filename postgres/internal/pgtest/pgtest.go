@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -127,4 +128,19 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 		}
 		<-tick.C
 	}
+}
+
+// EnvInt returns the positive integer in the environment variable name,
+// or def when it is unset; any other value fails the test, naming the
+// variable. For measurements that take their sizes from the environment.
+func EnvInt(t testing.TB, name string, def int) int {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(t, err, "%s must be a number", name)
+	require.Positive(t, n, "%s must be at least 1", name)
+	return n
 }
