@@ -346,7 +346,10 @@ func replicate(ctx context.Context, o *options, log *logrus.Logger) error {
 	if o.snap.enabled {
 		tables = nil
 	}
-	preloadCtx, stopPreload := context.WithCancel(ctx)
+	// Not under ctx: a write waiting for the preload gets its error, and
+	// a signal's graceful stop lets writes finish; the preload is stopped
+	// once the loop has.
+	preloadCtx, stopPreload := context.WithCancel(context.Background())
 	preloaded := make(chan struct{})
 	go func() {
 		defer close(preloaded)
