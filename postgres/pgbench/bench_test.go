@@ -151,6 +151,25 @@ type bench struct {
 	profiles string // directory for pgreplicate's CPU profiles
 }
 
+// backlogWorkload is the backlog workload called name: backlogClients
+// clients run perClient transactions of backlogScript each while no
+// replicator runs.
+func backlogWorkload(name string, perClient int) workload {
+	return workload{
+		name:    name,
+		title:   fmt.Sprintf("backlog of %d txns x 4 stmts (-c 8), catch-up", backlogClients*perClient),
+		prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
+		args: []string{"-n", "-c", strconv.Itoa(backlogClients), "-j", "2", "-t", strconv.Itoa(perClient),
+			"--max-tries", "10"},
+		script:     backlogScript,
+		backlog:    true,
+		rowsPerTxn: 4,
+		marker:     backlogMarker,
+		probe:      backlogProbe,
+		fixedRows:  1, // the marker
+	}
+}
+
 // backlogMarker is the backlog's last source transaction, and
 // backlogProbe finds it at the target: until it arrived, the summary is
 // not compared. That summary scans pgbench_accounts; at every 100 ms poll
@@ -205,35 +224,11 @@ func TestPgbenchVsNative(t *testing.T) {
 
 	secs := strconv.Itoa(int(duration.Round(time.Second) / time.Second))
 	all := []workload{
-		{
-			name:    "backlog",
-			title:   fmt.Sprintf("backlog of %d txns x 4 stmts (-c 8), catch-up", backlogClients*backlogPerClient),
-			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
-			args: []string{"-n", "-c", strconv.Itoa(backlogClients), "-j", "2", "-t", strconv.Itoa(backlogPerClient),
-				"--max-tries", "10"},
-			script:     backlogScript,
-			backlog:    true,
-			rowsPerTxn: 4,
-			marker:     backlogMarker,
-			probe:      backlogProbe,
-			fixedRows:  1, // the marker
-		},
-		{
-			// The same, five times longer: the replicators' start (slot,
-			// catalog, first message) and the 100 ms polls weigh a fifth
-			// as much as in a catch-up of about a second.
-			name:    "backlog60k",
-			title:   fmt.Sprintf("backlog of %d txns x 4 stmts (-c 8), catch-up", backlogClients*backlogPerClient*5),
-			prepare: []string{"-i", "-I", "dtgp", "-s", "1", "-q"},
-			args: []string{"-n", "-c", strconv.Itoa(backlogClients), "-j", "2", "-t", strconv.Itoa(backlogPerClient * 5),
-				"--max-tries", "10"},
-			script:     backlogScript,
-			backlog:    true,
-			rowsPerTxn: 4,
-			marker:     backlogMarker,
-			probe:      backlogProbe,
-			fixedRows:  1, // the marker
-		},
+		backlogWorkload("backlog", backlogPerClient),
+		// The same, five times longer: the replicators' start (slot,
+		// catalog, first message) and the 100 ms polls weigh a fifth as
+		// much as in a catch-up of about a second.
+		backlogWorkload("backlog60k", backlogPerClient*5),
 		{
 			name:       "tpcb16",
 			title:      fmt.Sprintf("%s pgbench -c 16 tpcb-like", duration),
