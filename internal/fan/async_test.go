@@ -41,17 +41,7 @@ func TestCommitAsyncClosed(t *testing.T) {
 
 	closed := make(chan struct{})
 	go func() { q.Close(); close(closed) }()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		q.mu.Lock()
-		c := q.closed
-		q.mu.Unlock()
-		if c {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "Close did not start")
-		time.Sleep(time.Millisecond)
-	}
+	waitLocked(t, q, "Close to start", func() bool { return q.closed })
 	close(gate) // the worker finishes table 1, then sees the close
 	recv(t, closed)
 	assert.NoError(t, recvErr(t, results))

@@ -140,19 +140,7 @@ func TestApplyManyGathersLanes(t *testing.T) {
 	commit(b)
 	// Wait (bounded) until the worker holds lane 0 of table 0 in its
 	// first apply.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		q.mu.Lock()
-		busy := q.tables[0][0].busy
-		q.mu.Unlock()
-		if busy {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the worker did not start the first apply")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitLocked(t, q, "the worker to start the first apply", func() bool { return q.tables[0][0].busy })
 	const batches = 40
 	for i := range batches {
 		b := q.Begin()
@@ -265,19 +253,7 @@ func TestCloseDuringGatheredApply(t *testing.T) {
 	commitAsync(add(0, 1, 5), "C")
 	closed := make(chan struct{})
 	go func() { q.Close(); close(closed) }()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		q.mu.Lock()
-		c := q.closed
-		q.mu.Unlock()
-		if c {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("Close did not start")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitLocked(t, q, "Close to start", func() bool { return q.closed })
 	close(gateW) // the workers finish and exit; Close drops what is idle
 	wait(closed, "Close")
 	close(gateA)
@@ -307,5 +283,24 @@ func TestCloseDuringGatheredApply(t *testing.T) {
 	}
 	if n := q.Bytes(); n != 0 {
 		t.Errorf("%d bytes left in the closed queue", n)
+	}
+}
+
+// waitLocked polls cond under q.mu until it holds, and fails the test
+// naming what if it does not within a minute.
+func waitLocked[T comparable, M any](t *testing.T, q *Queue[T, M], what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		q.mu.Lock()
+		ok := cond()
+		q.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
