@@ -1558,9 +1558,14 @@ func (t *Target) readInfo(ctx context.Context, table logical.Table) (*tableInfo,
 		return nil, err
 	}
 	if infos[table] == nil {
-		return nil, errors.Errorf("pgstore: target table %s does not exist", table)
+		return nil, tableMissing(table)
 	}
 	return infos[table], nil
+}
+
+// tableMissing is the error of a write to a table the target lacks.
+func tableMissing(table logical.Table) error {
+	return errors.Errorf("pgstore: target table %s does not exist", table)
 }
 
 // readInfos is readInfo for several tables in one query; a table that
@@ -1677,7 +1682,7 @@ func (t *Target) Preload(ctx context.Context, tables []logical.Table) {
 		case err != nil:
 			c.err = err
 		case info == nil:
-			c.err = errors.Errorf("pgstore: target table %s does not exist", table)
+			c.err = tableMissing(table)
 		default:
 			c.info = info
 			t.tables[table] = info
