@@ -39,6 +39,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -146,6 +147,10 @@ type result struct {
 	// backends it connected to for pgreplicate. walsender is the CPU time
 	// of the slot's walsender in the same time.
 	cpu, walsender time.Duration
+	// floor is the least time the measured processes' CPU allowed on this
+	// machine (cpuMeter.floor): how fast the same work could have been
+	// with no process ever waiting for another, the network or a CPU.
+	floor time.Duration
 }
 
 // bench is the state of one TestPgbenchVsNative.
@@ -370,7 +375,8 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 	}
 	r.rows = w.fixedRows + w.rowsPerTxn*r.txns
 	r.cpu, r.walsender = cpu.used()
-	t.Logf("%s: cpu of the replicating side by process: %s", label, cpu.breakdown())
+	r.floor = cpu.floor()
+	t.Logf("%s: cpu of the replicating side by process: %s; floor %s", label, cpu.breakdown(), fmtDur(r.floor))
 	return r
 }
 
@@ -558,6 +564,25 @@ func (m *cpuMeter) used() (repl, walsender time.Duration) {
 	return repl, walsender
 }
 
+// floor is the least time in which the measured processes could have done
+// what they did on this machine's CPUs: a single-threaded process (the
+// walsender, a backend, the apply worker) needs its own CPU time, and all
+// of them together need their total spread over every CPU. pgreplicate
+// counts only in the total, as its threads run in parallel. The harness,
+// pgbench and the cluster's shared processes are not measured, so the
+// floor is low, if anything.
+func (m *cpuMeter) floor() time.Duration {
+	var total, single time.Duration
+	for pid, used := range m.last {
+		d := used - m.base[pid]
+		total += d
+		if m.latest[pid].threads == 1 {
+			single = max(single, d)
+		}
+	}
+	return max(single, total/time.Duration(runtime.NumCPU()))
+}
+
 // processedRE finds pgbench's count of transactions.
 var processedRE = regexp.MustCompile(`number of transactions actually processed: (\d+)`)
 
@@ -690,21 +715,25 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 	fmt.Fprintf(&buf, "Medians of %d run(s). time = start of the writes (backlog: of the replicator) until the target equals the source; "+
 		"lag = the part after the writes ended (after the source commit for the loads); ratio = pgreplicate/native; "+
 		"rows = row changes the source committed; cpu/row = CPU (user+system, /proc) of the apply worker (native) or of pgreplicate "+
-		"plus its target backends, per row, in µs; walsender = the slot's walsender, µs per row. Every table's md5 matched after every run.\n\n", runs)
+		"plus its target backends, per row, in µs; walsender = the slot's walsender, µs per row; floor = the least time the CPU "+
+		"the measured processes used allowed on this machine (the largest single-threaded process's CPU, or all of it spread over "+
+		"every CPU), and floor ratio = pgreplicate's floor / native's time, the best ratio that CPU allows. "+
+		"Every table's md5 matched after every run.\n\n", runs)
 	fmt.Fprintln(&buf, "| workload | mode | native time | pgreplicate time | ratio | native lag | pgreplicate lag | lag ratio | "+
-		"rows native / pgreplicate | rows/s native | rows/s pgreplicate | cpu/row native | cpu/row pgreplicate | cpu ratio | walsender cpu/row native / pgreplicate |")
-	fmt.Fprintln(&buf, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		"rows native / pgreplicate | rows/s native | rows/s pgreplicate | cpu/row native | cpu/row pgreplicate | cpu ratio | walsender cpu/row native / pgreplicate | floor native / pgreplicate | floor ratio |")
+	fmt.Fprintln(&buf, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, wl := range workloads {
 		native := results[wl.name+"/native"]
 		row := func(mode string, ours []result) {
-			fmt.Fprintf(&buf, "| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s / %s |\n",
+			fmt.Fprintf(&buf, "| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s |\n",
 				wl.title, mode,
 				medDur(native, totalOf), medDur(ours, totalOf), ratioOf(ours, native, totalOf),
 				medDur(native, lagOf), medDur(ours, lagOf), ratioOf(ours, native, lagOf),
 				medFloat(native, rowsOf, "%.0f"), medFloat(ours, rowsOf, "%.0f"),
 				medFloat(native, rateOf, "%.0f"), medFloat(ours, rateOf, "%.0f"),
 				medFloat(native, cpuPerRow, "%.1f"), medFloat(ours, cpuPerRow, "%.1f"), ratioFloat(ours, native, cpuPerRow),
-				medFloat(native, walPerRow, "%.1f"), medFloat(ours, walPerRow, "%.1f"))
+				medFloat(native, walPerRow, "%.1f"), medFloat(ours, walPerRow, "%.1f"),
+				medDur(native, floorOf), medDur(ours, floorOf), ratioAgainst(ours, floorOf, native, totalOf))
 		}
 		only := true
 		for _, s := range systems {
@@ -717,12 +746,29 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 			row("-", nil)
 		}
 	}
-	fmt.Fprintf(&buf, "\nEvery run (time/lag/txns/rows/cpu/walsender cpu):\n\n")
+	// The machine's speed drifts between rounds (it is shared), so each
+	// round's own ratio says more than one of medians taken apart.
+	fmt.Fprintf(&buf, "\nTime ratio in each round (pgreplicate / native of the same round):\n\n")
+	for _, wl := range workloads {
+		native := results[wl.name+"/native"]
+		for _, s := range systems {
+			ours := results[wl.name+"/"+s.name]
+			if s.name == "native" || len(native) == 0 {
+				continue
+			}
+			fmt.Fprintf(&buf, "    %-8s %-10s", wl.name, s.name)
+			for i := range min(len(ours), len(native)) {
+				fmt.Fprintf(&buf, "  %.2f", ours[i].total.Seconds()/native[i].total.Seconds())
+			}
+			fmt.Fprintln(&buf)
+		}
+	}
+	fmt.Fprintf(&buf, "\nEvery run (time/lag/txns/rows/cpu/walsender cpu/floor):\n\n")
 	for _, wl := range workloads {
 		for _, s := range systems {
 			fmt.Fprintf(&buf, "    %-8s %-10s", wl.name, s.name)
 			for _, r := range results[wl.name+"/"+s.name] {
-				fmt.Fprintf(&buf, "  %s/%s/%d/%d/%s/%s", fmtDur(r.total), fmtDur(r.lag), r.txns, r.rows, fmtDur(r.cpu), fmtDur(r.walsender))
+				fmt.Fprintf(&buf, "  %s/%s/%d/%d/%s/%s/%s", fmtDur(r.total), fmtDur(r.lag), r.txns, r.rows, fmtDur(r.cpu), fmtDur(r.walsender), fmtDur(r.floor))
 			}
 			fmt.Fprintln(&buf)
 		}
@@ -731,6 +777,7 @@ func renderTable(workloads []workload, systems []system, results map[string][]re
 }
 
 func totalOf(r result) time.Duration { return r.total }
+func floorOf(r result) time.Duration { return r.floor }
 func lagOf(r result) time.Duration   { return r.lag }
 func rowsOf(r result) float64        { return float64(r.rows) }
 
@@ -755,10 +802,15 @@ func perRow(d time.Duration, rows int) float64 {
 
 // ratioOf is the ratio of the medians of f, ours over native.
 func ratioOf(ours, native []result, f func(result) time.Duration) string {
-	if len(ours) == 0 || len(native) == 0 || median(native, f) <= 0 {
+	return ratioAgainst(ours, f, native, f)
+}
+
+// ratioAgainst is the median of f of ours over the median of g of native.
+func ratioAgainst(ours []result, f func(result) time.Duration, native []result, g func(result) time.Duration) string {
+	if len(ours) == 0 || len(native) == 0 || median(native, g) <= 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.2f", float64(median(ours, f))/float64(median(native, f)))
+	return fmt.Sprintf("%.2f", float64(median(ours, f))/float64(median(native, g)))
 }
 
 func ratioFloat(ours, native []result, f func(result) float64) string {

@@ -2,6 +2,7 @@ package pgbench_test
 
 import (
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -42,4 +43,24 @@ func TestCPUMeterSched(t *testing.T) {
 		"the threads of one process may together run more than the wall time, and sleep is not told")
 	assert.Empty(t, m.sched(3), "a single sample has no interval")
 	assert.Empty(t, m.sched(4), "a process never sampled")
+}
+
+// TestCPUMeterFloor: the floor is the busiest single-threaded process's
+// CPU, or all the CPU spread over the machine's CPUs, whichever is more;
+// a multi-threaded process counts only in the total.
+func TestCPUMeterFloor(t *testing.T) {
+	cpus := time.Duration(runtime.NumCPU())
+	meter := func(pgreplicate, backend time.Duration) *cpuMeter {
+		return &cpuMeter{
+			base:   map[int]time.Duration{1: time.Second, 2: 0},
+			last:   map[int]time.Duration{1: time.Second + pgreplicate, 2: backend},
+			latest: map[int]sched{1: {threads: 7}, 2: {threads: 1}},
+		}
+	}
+	assert.Equal(t, 2*time.Second, meter(time.Second, 2*time.Second).floor(),
+		"the backend alone needs its 2 s whatever else runs beside it")
+	big := 10 * cpus * time.Second
+	assert.Equal(t, (big+time.Second)/cpus, meter(big, time.Second).floor(),
+		"pgreplicate's threads run in parallel: its CPU counts spread over the CPUs, from its base")
+	assert.Zero(t, (&cpuMeter{}).floor(), "nothing measured")
 }
