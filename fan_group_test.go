@@ -114,7 +114,7 @@ func testFanGroupsResultAfterApply(t *testing.T, multi bool) {
 	require.NoError(t, cfg.Preflight())
 	fe := newFanEvents(ctx, cfg, nil)
 	defer fe.close()
-	g := newGroupBatcher(fe, cfg)
+	g := newGroupBatcher(fe, cfg, true)
 	tables := []Table{{"s", "a"}, {"s", "b"}}
 
 	type inflight struct {
@@ -187,7 +187,7 @@ func TestFanGroupStoppedQueue(t *testing.T) {
 	cfg := &Config{Target: target, FanShards: 1}
 	require.NoError(t, cfg.Preflight())
 	fe := newFanEvents(ctx, cfg, nil)
-	g := newGroupBatcher(fe, cfg)
+	g := newGroupBatcher(fe, cfg, true)
 
 	b, err := g.OnBeginGrouped(ctx)
 	require.NoError(t, err)

@@ -99,7 +99,7 @@ var _ ChainTx = (*chainTx)(nil)
 func newChainGroup() (*groupBatcher, *chainTarget) {
 	target := newChainTarget()
 	inner := &metricsBatcher{inner: &serialEvents{target: target}, stats: &statsKeeper{}}
-	return newGroupBatcher(inner, &Config{GroupMax: 100, BytesInFlight: DefaultBytesInFlight}), target
+	return newGroupBatcher(inner, &Config{GroupMax: 100, BytesInFlight: DefaultBytesInFlight}, false), target
 }
 
 func TestGroupCommitsInTheBackgroundOverAChainTx(t *testing.T) {

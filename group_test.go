@@ -83,7 +83,7 @@ func newObservedGroup(max int) (*groupBatcher, *observedTarget) {
 		return nil
 	}
 	cfg := &Config{GroupMax: max, BytesInFlight: DefaultBytesInFlight}
-	return newGroupBatcher(&serialEvents{target: target}, cfg), target
+	return newGroupBatcher(&serialEvents{target: target}, cfg, false), target
 }
 
 func TestGroupCommitsWholeSourceTransactions(t *testing.T) {
@@ -250,4 +250,58 @@ func TestGroupPlainOnBeginWhileGroupedBatchOpen(t *testing.T) {
 	_, err = g.OnBegin(ctx)
 	require.ErrorIs(t, err, errGroupBusy)
 	require.NoError(t, b.OnRollback(ctx))
+}
+
+// recordingBatcher is a Batcher whose batches record the size of every
+// OnData call.
+type recordingBatcher struct {
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (r *recordingBatcher) OnBegin(context.Context) (Batch, error) { return &recordingBatch{r: r}, nil }
+
+type recordingBatch struct{ r *recordingBatcher }
+
+func (b *recordingBatch) OnData(_ context.Context, _ string, _ Table, muts []Mutation) error {
+	b.r.mu.Lock()
+	defer b.r.mu.Unlock()
+	b.r.sizes = append(b.r.sizes, len(muts))
+	return nil
+}
+func (b *recordingBatch) Flush(context.Context) error           { return nil }
+func (b *recordingBatch) OnCommit(context.Context) <-chan error { return result1(nil) }
+func (b *recordingBatch) OnRollback(context.Context) error      { return nil }
+
+// TestGroupHandsOverByMode: a group hands a table's held mutations over
+// once it holds groupFlushRows of them in serial mode (each hand-over is a
+// statement at the target) and groupFlushRowsFan in fan mode (where the
+// workers gather their own calls and the sooner they have rows the
+// better); the rest goes at the group's commit.
+func TestGroupHandsOverByMode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fan  bool
+		at   int
+	}{{"serial", false, groupFlushRows}, {"fan", true, groupFlushRowsFan}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			inner := &recordingBatcher{}
+			g := newGroupBatcher(inner, &Config{GroupMax: 1 << 20, BytesInFlight: DefaultBytesInFlight}, tc.fan)
+			n := 2*tc.at + 7
+			var results []<-chan error
+			for i := range n {
+				b, err := g.OnBeginGrouped(ctx)
+				require.NoError(t, err)
+				m := Mutation{Key: json.RawMessage(fmt.Sprintf("[%d]", i)), Data: json.RawMessage(`{}`)}
+				require.NoError(t, b.OnData(ctx, "src", groupTables[0], []Mutation{m}))
+				results = append(results, b.OnCommit(ctx))
+			}
+			require.NoError(t, g.CommitGroup(ctx))
+			for _, r := range results {
+				require.NoError(t, <-r)
+			}
+			assert.Equal(t, []int{tc.at, tc.at, 7}, inner.sizes)
+		})
+	}
 }

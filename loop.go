@@ -467,7 +467,7 @@ func (l *Loop) iterate(iter *stopper.Context, m mode, retry bool) result {
 		ev.Batcher = decorate(fe, &l.factory.cfg, l.order, l)
 		closeFan = fe.close
 	}
-	group := newGroupBatcher(ev.Batcher, &l.factory.cfg)
+	group := newGroupBatcher(ev.Batcher, &l.factory.cfg, m != modeSerial)
 	ev.Batcher = group
 
 	var (
