@@ -143,15 +143,16 @@ type heldMuts struct {
 	last int
 }
 
-// groupFlushRows is how many mutations of one table a group holds before
-// it hands them over, in serial mode and in fan mode. In serial mode each
-// hand-over is a statement per set of columns at the target, so the
-// larger, the less the target spends per row: at 5000 rather than 1000,
-// the target backend of a serial catch-up of small transactions used
-// 12-33% less CPU (pgbench backlog, bench/pg), and 20000 gave no more. In
-// fan mode a hand-over only queues the mutations for the workers, which
-// gather their own calls (up to fanMaxApply); there the sooner the better:
-// a 2M-row source transaction took 4-22% longer at 5000 in every round.
+// groupFlushRows (serial mode) and groupFlushRowsFan (fan mode) are how
+// many mutations of one table a group holds before it hands them over. In
+// serial mode each hand-over is a statement per set of columns at the
+// target, so the larger, the less the target spends per row: at 5000
+// rather than 1000, the target backend of a serial catch-up of small
+// transactions used 5-34% less CPU in each of 5 rounds (pgbench backlog,
+// bench/pg), and 20000 gave no more. In fan mode a hand-over only queues
+// the mutations for the workers, which gather their own calls (up to
+// fanMaxApply), so the sooner the better: a 2M-row source transaction
+// took 4-22% longer at 5000, in every round.
 const (
 	groupFlushRows    = 5000
 	groupFlushRowsFan = 1000

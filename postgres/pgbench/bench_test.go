@@ -381,12 +381,13 @@ func (b *bench) measure(t *testing.T, w workload, s system, label string) result
 }
 
 // catchUp waits until the target equals the source and returns when it
-// found it so (the start of the comparison that did). With a probe, the probe is polled every probeInterval
-// and the summary compared once it holds; a summary that still differs
-// is compared again after twice as long as its comparison took (at least
-// probeInterval), so that its scans take at most a third of one CPU from
-// the replicator. Without one, the summary is compared every
-// pollInterval. The CPU meter is sampled every pollInterval.
+// found it so (the start of the comparison that did). With a probe, the
+// probe is polled every probeInterval and the summary compared once it
+// holds; a summary that still differs is compared again after twice as
+// long as its comparison took (at least probeInterval), so that its scans
+// take at most a third of one CPU from the replicator. Without one, the
+// summary is compared every pollInterval. The CPU meter is sampled every
+// pollInterval.
 func (b *bench) catchUp(t *testing.T, w workload, src, dst *pgtest.DB, cpu *cpuMeter, wrote time.Time) time.Time {
 	want := query(t, src, summarySQL)
 	var got string
