@@ -151,8 +151,10 @@ type heldMuts struct {
 // transactions used 5-34% less CPU in each of 5 rounds (pgbench backlog,
 // bench/pg), and 20000 gave no more. In fan mode a hand-over only queues
 // the mutations for the workers, which gather their own calls (up to
-// fanMaxApply), so the sooner the better: a 2M-row source transaction
-// took 4-22% longer at 5000, in every round.
+// fanMaxApply), so a larger one saves no statement and only delays the
+// workers; fan mode keeps 1000 (a 2M-row source transaction took 4-22%
+// longer at 5000 in each of 3 rounds, though that is within this shared
+// machine's noise).
 const (
 	groupFlushRows    = 5000
 	groupFlushRowsFan = 1000
