@@ -1160,16 +1160,16 @@ func (t *Target) upsert(ctx context.Context, q execer, info *tableInfo, sig stri
 	if arrays {
 		text = &p.arrays
 	}
-	n := strconv.Itoa(len(rows))
-	what := stmt{what: "upserting " + n + " rows into " + info.table.String(), info: info,
-		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
-	sql := text.upsert
+	verb, sql := "upserting ", text.upsert
 	if plain {
 		// A plain insert has no ON CONFLICT: the primary key rejects an
 		// existing row, and the upsert runs instead.
-		what.what = "inserting " + n + " rows into " + info.table.String()
+		verb, sql = "inserting ", text.insert
+	}
+	what := stmt{what: verb + strconv.Itoa(len(rows)) + " rows into " + info.table.String(), info: info,
+		diag: &diagnosis{info: info, cols: cols, vals: func(col int) []*string { return columnTexts(rows, col) }}}
+	if plain {
 		what.plainInsert, what.upsert = true, text.upsert
-		sql = text.insert
 	}
 	if arrays && (plain || len(info.pk) == 0) && copyable(info, cols) {
 		if c, ok := q.(copier); ok {
